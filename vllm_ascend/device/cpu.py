@@ -1,0 +1,132 @@
+"""CPU stand-ins for the NPU runtime: host memory figures, no-op streams and events, eager graphs.
+
+Used by the CPU backend (VLLM_ASCEND_DEVICE=cpu), which runs the plugin's NPU code path on the host.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import torch
+
+from vllm_ascend import envs
+
+GiB = 1 << 30
+
+
+def _host_available_bytes() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def _process_rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class Stream:
+    """Work on the host is synchronous: a stream orders nothing and waits for nothing."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+    def wait_stream(self, other: Stream) -> None:
+        pass
+
+    def wait_event(self, event: Event) -> None:
+        pass
+
+    def record_event(self, event: Event | None = None) -> Event:
+        return event or Event()
+
+    def query(self) -> bool:
+        return True
+
+
+class Event:
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def record(self, stream: Stream | None = None) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+    def wait(self, stream: Stream | None = None) -> None:
+        pass
+
+    def query(self) -> bool:
+        return True
+
+
+_DEFAULT_STREAM = Stream()
+
+
+class CpuDevice:
+    """The device layer's CPU backend."""
+
+    device_type = "cpu"
+    device_name = "cpu"
+    dist_backend = "gloo"
+    dispatch_key = "CPU"
+    Stream = Stream
+    Event = Event
+
+    @staticmethod
+    def device_count() -> int:
+        # Tensor-parallel ranks on the CPU backend share the host.
+        return 1
+
+    @staticmethod
+    def set_device(device: torch.device) -> None:
+        pass
+
+    @staticmethod
+    def synchronize() -> None:
+        pass
+
+    @staticmethod
+    def current_stream() -> Stream:
+        return _DEFAULT_STREAM
+
+    @staticmethod
+    def stream(stream: Stream | None):
+        return contextlib.nullcontext()
+
+    @staticmethod
+    def get_device_name(device_id: int = 0) -> str:
+        return "CPU backend (host)"
+
+    @staticmethod
+    def total_memory() -> int:
+        """The documented host budget standing in for device memory (VLLM_ASCEND_CPU_MEMORY_GB)."""
+        budget = int(envs.VLLM_ASCEND_CPU_MEMORY_GB * GiB)
+        return min(budget, _host_available_bytes() + _process_rss_bytes())
+
+    @classmethod
+    def mem_get_info(cls) -> tuple[int, int]:
+        total = cls.total_memory()
+        return max(total - _process_rss_bytes(), 0), total
+
+    @staticmethod
+    def memory_used() -> int:
+        return _process_rss_bytes()
+
+    @staticmethod
+    def empty_cache() -> None:
+        pass
+
+    @staticmethod
+    def manual_seed_all(seed: int) -> None:
+        torch.manual_seed(seed)

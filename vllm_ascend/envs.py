@@ -1,0 +1,87 @@
+"""Every VLLM_ASCEND_* environment variable, its default and meaning, read in one place.
+
+Values are read when accessed (``envs.VLLM_ASCEND_DEVICE``), so tests and worker processes that set
+a variable before use see it. Invalid values raise with the accepted ones named.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+DEVICE_CHOICES = ("auto", "npu", "cpu")
+
+
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> Callable[[], str]:
+    def read() -> str:
+        value = os.environ.get(name, default).strip().lower() or default
+        if value not in choices:
+            raise ValueError(f"{name}={value!r} is not valid; use one of {', '.join(choices)}")
+        return value
+
+    return read
+
+
+def _float(name: str, default: float) -> Callable[[], float]:
+    def read() -> float:
+        raw = os.environ.get(name, "")
+        if raw.strip() == "":
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"{name}={raw!r} is not a number") from None
+        if value <= 0:
+            raise ValueError(f"{name}={raw!r} must be positive")
+        return value
+
+    return read
+
+
+def _flag(name: str, default: bool) -> Callable[[], bool]:
+    def read() -> bool:
+        raw = os.environ.get(name, "").strip().lower()
+        if raw == "":
+            return default
+        if raw in ("1", "true", "yes", "on"):
+            return True
+        if raw in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"{name}={raw!r} is not a boolean; use 1 or 0")
+
+    return read
+
+
+_VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
+    "VLLM_ASCEND_DEVICE": (
+        _choice("VLLM_ASCEND_DEVICE", "auto", DEVICE_CHOICES),
+        "Which backend the plugin drives. 'auto': an Ascend NPU when torch_npu imports and devices "
+        "are visible, otherwise the plugin stays inactive. 'npu': require an NPU (an error names "
+        "what is missing). 'cpu': the CPU backend, the same code path with CPU kernels (tests).",
+    ),
+    "VLLM_ASCEND_CPU_MEMORY_GB": (
+        _float("VLLM_ASCEND_CPU_MEMORY_GB", 8.0),
+        "CPU backend only: the host memory budget in GiB that stands in for device memory. "
+        "gpu_memory_utilization is a fraction of this budget (weights, activations, KV cache). "
+        "Default 8 GiB, capped at the memory available on the host.",
+    ),
+    "VLLM_ASCEND_LOG_FALLBACKS": (
+        _flag("VLLM_ASCEND_LOG_FALLBACKS", True),
+        "Log (once each) every fallback from a fused kernel to a slower path. Default on.",
+    ),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _VARIABLES:
+        return _VARIABLES[name][0]()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return list(_VARIABLES)
+
+
+def describe() -> dict[str, str]:
+    """Name -> meaning, for documentation and `make demo`."""
+    return {name: doc for name, (_, doc) in _VARIABLES.items()}

@@ -1,0 +1,191 @@
+"""NPUPlatform: how vLLM sees an Ascend NPU (or, with VLLM_ASCEND_DEVICE=cpu, the CPU backend).
+
+Each choice below says why. Everything device-specific goes through the device layer
+(``vllm_ascend.device``); nothing here imports torch_npu.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+import torch
+from vllm.platforms.interface import Platform, PlatformEnum
+
+from vllm_ascend import device
+from vllm_ascend.logger import init_logger
+
+if TYPE_CHECKING:
+    from vllm.config import VllmConfig
+    from vllm.v1.attention.backends.registry import AttentionBackendEnum
+
+logger = init_logger(__name__)
+
+_DEVICE = device.current()
+
+WORKER_CLS = "vllm_ascend.worker.worker.NPUWorker"
+ATTENTION_BACKEND_CLS = "vllm_ascend.attention.backend.AscendAttentionBackend"
+# torch_npu's paged fused attention reads KV blocks of 128 tokens most efficiently, and its
+# block_table path requires a multiple of 16; 128 is the default on both backends so the CPU
+# backend exercises the same layout (tests also run block size 16).
+DEFAULT_BLOCK_SIZE = 128
+
+
+class NPUPlatform(Platform):
+    _enum = PlatformEnum.OOT
+    device_name: str = _DEVICE.device_name
+    device_type: str = _DEVICE.device_type
+    dispatch_key: str = _DEVICE.dispatch_key
+    dist_backend: str = _DEVICE.dist_backend
+    ray_device_key: str = "NPU"
+    # The runtime honours this list of visible devices (like CUDA_VISIBLE_DEVICES).
+    device_control_env_var: str = "ASCEND_RT_VISIBLE_DEVICES"
+    # Compilation runs in eager mode today (see check_and_update_config); "eager" keeps any
+    # vLLM helper that compiles small functions from pulling Inductor/Triton onto the NPU.
+    simple_compile_backend: str = "eager"
+    supported_quantization: list[str] = []
+
+    @property
+    def supported_dtypes(self) -> list[torch.dtype]:
+        return [torch.bfloat16, torch.float16, torch.float32]
+
+    # ---- device queries: forwarded to the device layer -------------------------------------
+    @classmethod
+    def get_device_name(cls, device_id: int = 0) -> str:
+        return _DEVICE.get_device_name(device_id)
+
+    @classmethod
+    def get_device_total_memory(cls, device_id: int = 0) -> int:
+        return _DEVICE.total_memory()
+
+    @classmethod
+    def set_device(cls, device: torch.device) -> None:
+        _DEVICE.set_device(device)
+
+    @classmethod
+    def manual_seed_all(cls, seed: int) -> None:
+        _DEVICE.manual_seed_all(seed)
+
+    @classmethod
+    def device_count(cls) -> int:
+        return _DEVICE.device_count()
+
+    @classmethod
+    def get_current_memory_usage(cls, device: torch.types.Device | None = None) -> float:
+        return float(_DEVICE.memory_used())
+
+    @classmethod
+    def inference_mode(cls):
+        return torch.inference_mode(mode=True)
+
+    @classmethod
+    def is_pin_memory_available(cls) -> bool:
+        # Pinned host buffers make NPU copies asynchronous; on the CPU backend there is no copy
+        # to overlap and pinning needs an accelerator runtime.
+        return _DEVICE.device_type == "npu"
+
+    @classmethod
+    def import_kernels(cls) -> None:
+        # vllm._C does not exist in the empty build; our kernels are loaded instead.
+        from vllm_ascend import kernels
+
+        kernels.load()
+
+    @classmethod
+    def register_triton_kernel_overrides(cls) -> None:
+        # The slot-mapping Triton kernel runs every step; replace it with a device-agnostic
+        # torch implementation (no Triton on Ascend; the CPU platform's override needs vllm._C).
+        from vllm.triton_utils.dispatcher import register_kernels
+
+        from vllm_ascend.worker.slot_mapping import compute_slot_mapping
+
+        register_kernels(
+            {"vllm.v1.worker.block_table.ComputeSlotMappingKernel.kernel": compute_slot_mapping}
+        )
+
+    @classmethod
+    def get_attn_backend_cls(
+        cls,
+        selected_backend: AttentionBackendEnum,
+        attn_selector_config,
+        num_heads: int | None = None,
+    ) -> str:
+        if getattr(attn_selector_config, "use_mla", False):
+            raise NotImplementedError(
+                "vllm-ascend does not support MLA models yet; use a model with standard attention"
+            )
+        return ATTENTION_BACKEND_CLS
+
+    @classmethod
+    def get_device_communicator_cls(cls) -> str:
+        # All-reduce/all-gather go through torch.distributed on the process group's backend
+        # (hccl on NPU, gloo on the CPU backend); vLLM's base communicator does exactly that.
+        return (
+            "vllm.distributed.device_communicators.base_device_communicator."
+            "DeviceCommunicatorBase"
+        )
+
+    @classmethod
+    def get_punica_wrapper(cls) -> str:
+        raise NotImplementedError("LoRA is not supported by vllm-ascend yet")
+
+    @classmethod
+    def opaque_attention_op(cls) -> bool:
+        # Attention runs as one opaque custom op, so a graph capture or compile sees a single
+        # call into the fused attention kernel.
+        return True
+
+    @classmethod
+    def support_hybrid_kv_cache(cls) -> bool:
+        return False
+
+    @classmethod
+    def is_sleep_mode_available(cls) -> bool:
+        return False
+
+    # ---- configuration ---------------------------------------------------------------------
+    @classmethod
+    def check_and_update_config(cls, vllm_config: VllmConfig) -> None:
+        from vllm.config import CompilationMode, CUDAGraphMode
+
+        parallel_config = vllm_config.parallel_config
+        if parallel_config.worker_cls == "auto":
+            parallel_config.worker_cls = WORKER_CLS
+
+        # The plugin's runner subclasses vLLM's V1 GPUModelRunner. vLLM 0.32 picks its V2 runner
+        # whenever Triton imports (triton-ascend may be present on an NPU host), and V2's input
+        # preparation is Triton-only, so V1 is pinned for this process and its workers.
+        os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
+
+        # NPU runtimes do not survive fork(); spawn on both backends keeps them identical.
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+
+        compilation_config = vllm_config.compilation_config
+        # Eager execution on both backends today: vLLM's Inductor path and its fusion passes
+        # call vllm._C / Triton kernels that do not exist here, and NPU graph capture is a
+        # later step. Custom ops are all on so our register_oot layers run.
+        if compilation_config.mode != CompilationMode.NONE:
+            logger.info("vllm-ascend: compilation mode %s -> NONE (eager)",
+                        compilation_config.mode)
+        compilation_config.mode = CompilationMode.NONE
+        compilation_config.cudagraph_mode = CUDAGraphMode.NONE
+        compilation_config.cudagraph_capture_sizes = []
+        compilation_config.max_cudagraph_capture_size = 0
+        if "all" not in compilation_config.custom_ops:
+            compilation_config.custom_ops = [
+                op for op in compilation_config.custom_ops if op != "none"
+            ] + ["all"]
+
+        # Async scheduling overlaps host scheduling with device execution through streams and
+        # events; the CPU backend has neither, so it runs synchronously.
+        if _DEVICE.device_type == "cpu":
+            vllm_config.scheduler_config.async_scheduling = False
+
+        cache_config = vllm_config.cache_config
+        if cache_config is not None and not cache_config.user_specified_block_size:
+            cache_config.block_size = DEFAULT_BLOCK_SIZE
+        if cache_config is not None and cache_config.block_size % 16 != 0:
+            raise ValueError(
+                f"block_size={cache_config.block_size} is not supported on Ascend: the paged "
+                "attention kernel needs a multiple of 16 (128 is fastest); pass --block-size 128"
+            )
