@@ -21,9 +21,10 @@ def register_ops() -> None:
 
     if active_backend() is None:
         return
-    from vllm_ascend import kernels, ops
+    from vllm_ascend import kernels, ops, patches
     from vllm_ascend.attention import register_backend
 
+    patches.apply()
     kernels.load()
     ops.register_layers()
     register_backend()

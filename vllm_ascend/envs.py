@@ -60,10 +60,10 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         "what is missing). 'cpu': the CPU backend, the same code path with CPU kernels (tests).",
     ),
     "VLLM_ASCEND_CPU_MEMORY_GB": (
-        _float("VLLM_ASCEND_CPU_MEMORY_GB", 8.0),
+        _float("VLLM_ASCEND_CPU_MEMORY_GB", 4.0),
         "CPU backend only: the host memory budget in GiB that stands in for device memory. "
         "gpu_memory_utilization is a fraction of this budget (weights, activations, KV cache). "
-        "Default 8 GiB, capped at the memory available on the host.",
+        "Default 4 GiB, capped at the memory available on the host.",
     ),
     "VLLM_ASCEND_LOG_FALLBACKS": (
         _flag("VLLM_ASCEND_LOG_FALLBACKS", True),

@@ -75,6 +75,11 @@ class NPUPlatform(Platform):
         return float(_DEVICE.memory_used())
 
     @classmethod
+    def check_if_supports_dtype(cls, dtype: torch.dtype) -> None:
+        if dtype not in (torch.bfloat16, torch.float16, torch.float32):
+            raise ValueError(f"dtype {dtype} is not supported on Ascend; use bfloat16 or float16")
+
+    @classmethod
     def inference_mode(cls):
         return torch.inference_mode(mode=True)
 

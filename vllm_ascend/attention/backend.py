@@ -1,0 +1,50 @@
+"""The Ascend attention backend as vLLM sees it."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from vllm.v1.attention.backend import AttentionBackend, AttentionType, MultipleOf
+from vllm.v1.kv_cache_interface import KVCacheLayout
+
+from vllm_ascend.attention.impl import AscendAttentionImpl
+from vllm_ascend.attention.metadata import AscendAttentionMetadataBuilder
+
+
+class AscendAttentionBackend(AttentionBackend):
+    # fp32 is for the CPU backend's reference runs; on an NPU use bf16/fp16.
+    supported_dtypes: ClassVar[list[torch.dtype]] = [torch.float16, torch.bfloat16, torch.float32]
+    forward_includes_kv_cache_update = True
+
+    @staticmethod
+    def get_name() -> str:
+        # Out-of-tree backends are looked up through AttentionBackendEnum.CUSTOM.
+        return "CUSTOM"
+
+    @staticmethod
+    def get_impl_cls() -> type[AscendAttentionImpl]:
+        return AscendAttentionImpl
+
+    @staticmethod
+    def get_builder_cls() -> type[AscendAttentionMetadataBuilder]:
+        return AscendAttentionMetadataBuilder
+
+    @staticmethod
+    def get_supported_kernel_block_sizes(kv_cache_spec=None) -> list[int | MultipleOf]:
+        # The paged fused attention needs 16-aligned blocks (128 recommended).
+        return [MultipleOf(16)]
+
+    @classmethod
+    def supported_kv_cache_layouts(cls) -> tuple[KVCacheLayout, ...]:
+        # Layer-compact, token-major pages. The runner allocates the cache itself (dense K and V
+        # halves per layer), so this only keeps vLLM's own planning consistent.
+        return (KVCacheLayout.LBNHC,)
+
+    @classmethod
+    def supports_sliding_window(cls) -> bool:
+        return True
+
+    @classmethod
+    def supports_attn_type(cls, attn_type: str) -> bool:
+        return attn_type == AttentionType.DECODER

@@ -1,0 +1,13 @@
+"""SiluAndMul (SwiGLU) through torch_npu's fused npu_swiglu."""
+
+from __future__ import annotations
+
+import torch
+from vllm.model_executor.layers.activation import SiluAndMul
+
+
+class AscendSiluAndMul(SiluAndMul):
+    def forward_oot(self, x: torch.Tensor) -> torch.Tensor:
+        # npu_swiglu activates the first half along `dim` and multiplies by the second half,
+        # matching vLLM's gate/up packing of merged column-parallel linears.
+        return torch.ops.npu.npu_swiglu(x, -1)

@@ -1,0 +1,98 @@
+"""NPUWorker: vLLM's GPU worker with device set-up, memory budgeting and the runner swapped for
+the plugin's (everything else, including distributed set-up and warm-up, is vLLM's)."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+
+import torch
+from vllm.config import CUDAGraphMode
+from vllm.distributed.parallel_state import get_pp_group
+from vllm.platforms import current_platform
+from vllm.utils.mem_utils import format_gib
+from vllm.utils.torch_utils import set_random_seed
+from vllm.v1.worker.gpu_worker import Worker, init_worker_distributed_environment
+from vllm.v1.worker.worker_base import CompilationTimes
+
+from vllm_ascend import device
+from vllm_ascend.logger import init_logger
+from vllm_ascend.worker.model_runner import NPUModelRunner
+
+logger = init_logger(__name__)
+
+
+class NPUWorker(Worker):
+    def init_device(self) -> None:
+        # vLLM's GPU worker raises here for any device but cuda.
+        dev = device.current()
+        if dev.device_type == "npu":
+            self.device = torch.device(f"npu:{self.local_rank}")
+            dev.set_device(self.device)
+        else:
+            self.device = torch.device("cpu")
+        current_platform.check_if_supports_dtype(self.model_config.dtype)
+        init_worker_distributed_environment(
+            self.vllm_config,
+            self.rank,
+            self.distributed_init_method,
+            self.local_rank,
+            current_platform.dist_backend,
+        )
+        set_random_seed(self.model_config.seed)
+        self._init_workspace_and_model_runner()
+
+    def _make_model_runner(self) -> NPUModelRunner:
+        return NPUModelRunner(self.vllm_config, self.device)
+
+    def _maybe_get_memory_pool_context(self, tag: str) -> AbstractContextManager:
+        # vLLM's sleep-mode memory pool refuses unknown platforms; sleep mode is not offered.
+        return nullcontext()
+
+    def sleep(self, level: int = 1) -> None:
+        raise NotImplementedError("sleep mode is not supported by vllm-ascend yet")
+
+    def wake_up(self, tags: list[str] | None = None) -> None:
+        raise NotImplementedError("sleep mode is not supported by vllm-ascend yet")
+
+    def determine_available_memory(self) -> int:
+        """KV-cache bytes: the device budget (gpu_memory_utilization of NPU memory, or of the
+        CPU backend's host budget) less what the profile run shows in use at its peak."""
+        with_explicit = self.cache_config.kv_cache_memory_bytes
+        self.model_runner.profile_run()
+        if with_explicit:
+            logger.info("KV cache: %s GiB as set by kv_cache_memory_bytes",
+                        format_gib(with_explicit))
+            return with_explicit
+        dev = device.current()
+        dev.synchronize()
+        total = dev.total_memory()
+        budget = int(total * self.cache_config.gpu_memory_utilization)
+        used = dev.memory_used()
+        available = budget - used
+        if available <= 0:
+            raise ValueError(
+                f"no memory left for the KV cache: {format_gib(used)} GiB in use after the "
+                f"profile run, budget {format_gib(budget)} GiB "
+                f"({self.cache_config.gpu_memory_utilization} of {format_gib(total)} GiB). "
+                "Raise --gpu-memory-utilization"
+                + (" or VLLM_ASCEND_CPU_MEMORY_GB" if dev.device_type == "cpu" else "")
+                + ", or set --kv-cache-memory-bytes."
+            )
+        logger.info("KV cache: %s GiB (budget %s GiB, %s GiB in use after profiling)",
+                    format_gib(available), format_gib(budget), format_gib(used))
+        return available
+
+    def compile_or_warm_up_model(self) -> CompilationTimes:
+        """Warm-up in eager mode: nothing to compile or capture yet. One dummy batch of the
+        largest decode size runs the model and the sampler, so their kernels and buffers are
+        ready before the first request. (vLLM's kernel_warmup is skipped: it imports every
+        model family's CUDA warm-ups.)"""
+        if get_pp_group().is_last_rank and not self.model_runner.is_pooling_model:
+            num_reqs = min(self.scheduler_config.max_num_seqs,
+                           self.scheduler_config.max_num_batched_tokens)
+            _, last_hidden = self.model_runner._dummy_run(
+                num_tokens=num_reqs, skip_eplb=True, cudagraph_runtime_mode=CUDAGraphMode.NONE
+            )
+            self.model_runner._dummy_sampler_run(hidden_states=last_hidden)
+        set_random_seed(self.model_config.seed, self.parallel_config.data_parallel_index)
+        return CompilationTimes(language_model=0.0, encoder=0.0)
