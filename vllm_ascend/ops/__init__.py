@@ -14,6 +14,8 @@ from vllm.model_executor.custom_op import CustomOp
 OOT_LAYERS: dict[str, tuple[str, str]] = {
     "RMSNorm": ("vllm_ascend.ops.layernorm", "AscendRMSNorm"),
     "SiluAndMul": ("vllm_ascend.ops.activation", "AscendSiluAndMul"),
+    # vLLM 0.32 gives an out-of-tree platform no MoE kernel and a router that needs a CUDA op.
+    "UnquantizedFusedMoEMethod": ("vllm_ascend.ops.fused_moe", "AscendUnquantizedFusedMoEMethod"),
 }
 
 

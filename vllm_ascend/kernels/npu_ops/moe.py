@@ -1,0 +1,788 @@
+"""CPU and fake kernels of the torch_npu ops on the Ascend MoE routing path.
+
+The unquantized fused-MoE method (vllm_ascend/ops/fused_moe.py) chains them as
+
+    npu_moe_gating_top_k_softmax  router logits -> (topk weights, expert ids int32, row idx)
+    npu_moe_init_routing_v2       tokens -> rows grouped by expert, src->dst index, counts
+    npu_grouped_matmul            per-expert GEMM over the grouped rows (w13, then w2)
+    npu_swiglu                    (in activation.py)
+    npu_moe_token_unpermute       gather each token's K rows back, weight by the topk weights, sum
+
+plus ``npu_moe_finalize_routing`` (the combine step that pairs with the v1 ``npu_moe_init_routing``)
+and ``npu_moe_compute_expert_tokens``.
+
+Semantics follow torch-npu 2.13.0's ``_op_plugin_docs.py`` entry of the same name; output shapes and
+dtypes follow ``op_plugin/meta/_meta_registrations.py``. Where the docs leave a value undefined
+("输出值未定义") these kernels write zeros / -1 so results are deterministic; callers must not rely
+on those values. Every kernel computes in float32 (float64 is never used: the NPU does not) and
+casts to the documented output dtype. Arguments outside the supported subset raise
+NotImplementedError naming the argument, in the CPU kernel and in the fake alike.
+
+Index conventions (N tokens, K experts per token, "source position" s = i*K + k):
+  * expert_idx from the gating op is (N, K) int32; ties in the softmax are broken towards the
+    lower expert id.
+  * npu_moe_init_routing_v2 sorts the N*K source positions by expert id (stable, so rows of one
+    expert stay in token order). With row_idx_type=0, expanded_row_idx[s] is the row of expanded_x
+    holding source position s (a src->dst "gather" index, -1 if the row was not emitted). With
+    row_idx_type=1 it is the inverse (dst->src) for the first emitted rows.
+  * npu_moe_token_unpermute's sorted_indices is that same src->dst index: its doc says it holds
+    "the position of each datum in permuted_tokens", its example only round-trips under that
+    reading, and on Ascend 950 it is forwarded to aclnnMoeFinalizeRoutingV2 as expandedRowIdx.
+    npu_moe_finalize_routing instead reads expanded_src_to_dst_row[i + k*N] (column-major, the v1
+    init_routing layout), so init_routing_v2's index would have to be transposed first.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vllm_ascend.kernels.npu_library import npu_op
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def _require(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+def _unsupported(op: str, **given) -> None:
+    """Raise NotImplementedError naming every argument that is outside the supported subset."""
+    bad = [name for name, is_bad in given.items() if is_bad]
+    if bad:
+        raise NotImplementedError(
+            f"{op}: the CPU backend does not implement {', '.join(bad)} "
+            "(only the unquantized inference subset is supported)"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# npu_moe_gating_top_k_softmax
+# ---------------------------------------------------------------------------------------------
+
+
+def _gating_check(x: torch.Tensor, finished: torch.Tensor | None, k: int) -> None:
+    _require(x.dim() in (2, 3), f"npu_moe_gating_top_k_softmax: x must be 2D or 3D, got {x.dim()}D")
+    _require(x.dtype in _FLOAT_DTYPES, f"npu_moe_gating_top_k_softmax: unsupported dtype {x.dtype}")
+    _require(
+        0 < k <= x.shape[-1] and k <= 1024,
+        f"npu_moe_gating_top_k_softmax: need 0 < k <= min(x.shape[-1], 1024), got k={k}",
+    )
+    if finished is not None:
+        _require(
+            finished.dtype == torch.bool and tuple(finished.shape) == tuple(x.shape[:-1]),
+            "npu_moe_gating_top_k_softmax: finished must be bool with shape x.shape[:-1]",
+        )
+
+
+def _gating_fake(x, finished=None, k=1):
+    _gating_check(x, finished, k)
+    shape = (*x.shape[:-1], k)
+    return (
+        x.new_empty(shape),
+        x.new_empty(shape, dtype=torch.int32),
+        x.new_empty(shape, dtype=torch.int32),
+    )
+
+
+@npu_op(
+    "npu_moe_gating_top_k_softmax(Tensor x, Tensor? finished=None, int k=1) "
+    "-> (Tensor, Tensor, Tensor)",
+    fake=_gating_fake,
+)
+def npu_moe_gating_top_k_softmax(x, finished=None, k=1):
+    """Doc entry ``npu_moe_gating_top_k_softmax``: softmax over the last axis of x, then top-k.
+
+    Returns (y, expert_idx, row_idx): y the k largest probabilities (dtype of x, descending),
+    expert_idx their expert ids (int32), row_idx (int32) the source row of each slot.
+    """
+    _gating_check(x, finished, k)
+    num_experts = x.shape[-1]
+    probs = torch.softmax(x.float(), dim=-1)
+    # Assumption (doc silent): equal probabilities are ordered by ascending expert id. A stable
+    # descending sort gives exactly that; torch.topk makes no promise about ties.
+    values, indices = torch.sort(probs, dim=-1, descending=True, stable=True)
+    y = values[..., :k].to(x.dtype)
+    expert_idx = indices[..., :k].to(torch.int32)
+    if finished is not None:
+        # Assumption: the doc only says finished marks "rows that take part". Following the CANN
+        # kernel this op comes from, a row with finished=True still gets its top-k values but its
+        # expert ids are set to num_experts (one past the last expert), i.e. routed nowhere.
+        expert_idx = torch.where(finished.unsqueeze(-1), num_experts, expert_idx).to(torch.int32)
+    # Assumption (doc: "the original row position of each slot"): slot (i, j) of the flattened
+    # rows gets j * num_rows + i, the column-major layout the v1 npu_moe_init_routing consumes.
+    num_rows = x.numel() // num_experts
+    rows = torch.arange(num_rows, dtype=torch.int32).unsqueeze(1)
+    cols = torch.arange(k, dtype=torch.int32).unsqueeze(0) * num_rows
+    row_idx = (rows + cols).reshape(*x.shape[:-1], k)
+    return y, expert_idx, row_idx
+
+
+# ---------------------------------------------------------------------------------------------
+# npu_moe_init_routing_v2
+# ---------------------------------------------------------------------------------------------
+
+
+def _init_routing_v2_check(
+    x,
+    expert_idx,
+    scale,
+    offset,
+    active_num,
+    expert_num,
+    drop_pad_mode,
+    expert_tokens_num_type,
+    quant_mode,
+    active_expert_range,
+    row_idx_type,
+    x_dtype,
+) -> tuple[int, int]:
+    """Validate; returns the active expert range [start, end)."""
+    op = "npu_moe_init_routing_v2"
+    _unsupported(
+        op,
+        **{
+            f"drop_pad_mode={drop_pad_mode}": drop_pad_mode != 0,
+            f"quant_mode={quant_mode}": quant_mode != -1,
+            "offset": offset is not None,
+            "x_dtype": x_dtype is not None,
+        },
+    )
+    _require(x.dim() == 2, f"{op}: x must be 2D (NUM_ROWS, H), got {x.dim()}D")
+    _require(expert_idx.dim() == 2, f"{op}: expert_idx must be 2D (NUM_ROWS, K)")
+    _require(x.shape[0] == expert_idx.shape[0], f"{op}: x and expert_idx disagree on NUM_ROWS")
+    _require(
+        expert_idx.dtype == torch.int32, f"{op}: expert_idx must be int32, got {expert_idx.dtype}"
+    )
+    _require(x.dtype in (*_FLOAT_DTYPES, torch.int8), f"{op}: unsupported x dtype {x.dtype}")
+    _require(expert_num > 0, f"{op}: expert_num must be > 0, got {expert_num}")
+    _require(active_num >= -1, f"{op}: active_num must be >= -1, got {active_num}")
+    _require(expert_tokens_num_type in (0, 1, 2), f"{op}: expert_tokens_num_type must be 0, 1 or 2")
+    _require(row_idx_type in (0, 1), f"{op}: row_idx_type must be 0 or 1")
+    if scale is not None:
+        _require(
+            scale.dim() == 1 and scale.shape[0] == x.shape[0],
+            f"{op}: with quant_mode=-1, scale must be 1D (NUM_ROWS,)",
+        )
+    if len(active_expert_range) == 0:
+        return 0, expert_num
+    _require(len(active_expert_range) == 2, f"{op}: active_expert_range must be [start, end]")
+    start, end = int(active_expert_range[0]), int(active_expert_range[1])
+    _require(
+        0 <= start < end <= expert_num,
+        f"{op}: active_expert_range must satisfy 0 <= start < end <= expert_num, got {start, end}",
+    )
+    return start, end
+
+
+def _init_routing_v2_fake(
+    x,
+    expert_idx,
+    *,
+    scale=None,
+    offset=None,
+    active_num=-1,
+    expert_capacity=-1,
+    expert_num=-1,
+    drop_pad_mode=0,
+    expert_tokens_num_type=0,
+    expert_tokens_num_flag=False,
+    quant_mode=-1,
+    active_expert_range=(),
+    row_idx_type=0,
+    x_dtype=None,
+):
+    start, end = _init_routing_v2_check(
+        x,
+        expert_idx,
+        scale,
+        offset,
+        active_num,
+        expert_num,
+        drop_pad_mode,
+        expert_tokens_num_type,
+        quant_mode,
+        active_expert_range,
+        row_idx_type,
+        x_dtype,
+    )
+    total = x.shape[0] * expert_idx.shape[1]
+    rows = total if active_num <= 0 else min(active_num, total)
+    if not expert_tokens_num_flag:
+        count_shape: tuple[int, ...] = ()
+    elif expert_tokens_num_type == 2:
+        count_shape = (expert_num, 2)
+    else:
+        count_shape = (end - start,)
+    return (
+        x.new_empty((rows, x.shape[1])),
+        x.new_empty((total,), dtype=torch.int32),
+        x.new_empty(count_shape, dtype=torch.int64),
+        x.new_empty((rows,), dtype=torch.float32),
+    )
+
+
+@npu_op(
+    "npu_moe_init_routing_v2(Tensor x, Tensor expert_idx, *, Tensor? scale=None, "
+    "Tensor? offset=None, "
+    "int active_num=-1, int expert_capacity=-1, int expert_num=-1, int drop_pad_mode=0, "
+    "int expert_tokens_num_type=0, bool expert_tokens_num_flag=False, int quant_mode=-1, "
+    "int[2] active_expert_range=[], int row_idx_type=0, int? x_dtype=None) "
+    "-> (Tensor, Tensor, Tensor, Tensor)",
+    fake=_init_routing_v2_fake,
+)
+def npu_moe_init_routing_v2(
+    x,
+    expert_idx,
+    *,
+    scale=None,
+    offset=None,
+    active_num=-1,
+    expert_capacity=-1,
+    expert_num=-1,
+    drop_pad_mode=0,
+    expert_tokens_num_type=0,
+    expert_tokens_num_flag=False,
+    quant_mode=-1,
+    active_expert_range=(),
+    row_idx_type=0,
+    x_dtype=None,
+):
+    """Doc entry ``npu_moe_init_routing_v2``, dropless and unquantized (drop_pad_mode=0,
+    quant_mode=-1).
+
+    Returns (expanded_x, expanded_row_idx, expert_token_cumsum_or_count, expanded_scale):
+      expanded_x      (R, H), R = NUM_ROWS*K or min(active_num, NUM_ROWS*K) if active_num > 0:
+                      the token rows sorted by expert id; the first `available` rows (source
+                      positions whose expert is in active_expert_range) are valid, the rest zero.
+      expanded_row_idx (NUM_ROWS*K,) int32: see the module docstring (row_idx_type 0: src->dst with
+                      -1 for positions not emitted; 1: dst->src, -1 after the valid rows).
+      expert_token_cumsum_or_count int64, only meaningful with expert_tokens_num_flag=True:
+                      type 0 cumsum / type 1 count over experts [start, end), shape (end-start,);
+                      type 2 key-value pairs (expert_id, count) of the non-empty experts in the
+                      range, then one (0, 0) terminator, shape (expert_num, 2).
+                      Without the flag a 0-dim tensor (the meta shape), value undefined.
+      expanded_scale  (R,) float32: scale[token] per emitted row when scale is given, else zero.
+    Note the doc says the NPU currently implements only types 1 and 2 with the flag set.
+    expert_capacity is unused in dropless mode (doc).
+    """
+    start, end = _init_routing_v2_check(
+        x,
+        expert_idx,
+        scale,
+        offset,
+        active_num,
+        expert_num,
+        drop_pad_mode,
+        expert_tokens_num_type,
+        quant_mode,
+        active_expert_range,
+        row_idx_type,
+        x_dtype,
+    )
+    num_rows, k = expert_idx.shape
+    total = num_rows * k
+    rows = total if active_num <= 0 else min(active_num, total)
+    flat = expert_idx.reshape(-1).to(torch.int64)
+    if total:
+        _require(
+            int(flat.min()) >= 0 and int(flat.max()) < expert_num,
+            "npu_moe_init_routing_v2: expert ids must lie in [0, expert_num)",
+        )
+    # Stable sort: rows of one expert stay in source order (assumption; the doc does not fix the
+    # order within an expert, and nothing downstream depends on it beyond determinism).
+    sorted_experts, dst_to_src = torch.sort(flat, stable=True)
+    in_range = (sorted_experts >= start) & (sorted_experts < end)
+    # Assumption (doc silent): with active_num > 0 the rows beyond active_num are dropped, and
+    # their source positions get -1 in expanded_row_idx / are not counted.
+    emitted_src = dst_to_src[in_range][:rows]
+    emitted_experts = sorted_experts[in_range][:rows]
+    n_emit = emitted_src.numel()
+
+    expanded_x = x.new_zeros((rows, x.shape[1]))
+    expanded_x[:n_emit] = x[emitted_src // k]
+
+    expanded_row_idx = torch.full((total,), -1, dtype=torch.int32)
+    if row_idx_type == 0:
+        expanded_row_idx[emitted_src] = torch.arange(n_emit, dtype=torch.int32)
+    else:
+        expanded_row_idx[:n_emit] = emitted_src.to(torch.int32)
+
+    counts = torch.bincount(emitted_experts - start, minlength=end - start).to(torch.int64)
+    if not expert_tokens_num_flag:
+        tokens = torch.zeros((), dtype=torch.int64)
+    elif expert_tokens_num_type == 0:
+        tokens = torch.cumsum(counts, 0)
+    elif expert_tokens_num_type == 1:
+        tokens = counts
+    else:
+        tokens = torch.zeros((expert_num, 2), dtype=torch.int64)
+        nonzero = torch.nonzero(counts).reshape(-1)
+        tokens[: nonzero.numel(), 0] = nonzero + start
+        tokens[: nonzero.numel(), 1] = counts[nonzero]
+        # the (0, 0) terminator, when fewer than expert_num pairs, is already in place
+
+    expanded_scale = torch.zeros((rows,), dtype=torch.float32)
+    if scale is not None:
+        expanded_scale[:n_emit] = scale.float()[emitted_src // k]
+    return expanded_x, expanded_row_idx, tokens, expanded_scale
+
+
+# ---------------------------------------------------------------------------------------------
+# npu_grouped_matmul
+# ---------------------------------------------------------------------------------------------
+
+
+def _gmm_check(
+    x,
+    weight,
+    bias,
+    scale,
+    offset,
+    antiquant_scale,
+    antiquant_offset,
+    per_token_scale,
+    group_list,
+    activation_input,
+    activation_quant_scale,
+    activation_quant_offset,
+    split_item,
+    group_type,
+    group_list_type,
+    act_type,
+    output_dtype,
+    x_dtype,
+    weight_dtype,
+    scale_dtype,
+    per_token_scale_dtype,
+) -> tuple[int, int, int]:
+    """Validate the supported subset; returns (M, N, number of groups)."""
+    op = "npu_grouped_matmul"
+    _unsupported(
+        op,
+        scale=scale is not None,
+        offset=offset is not None,
+        antiquant_scale=antiquant_scale is not None,
+        antiquant_offset=antiquant_offset is not None,
+        per_token_scale=per_token_scale is not None,
+        activation_input=activation_input is not None,
+        activation_quant_scale=activation_quant_scale is not None,
+        activation_quant_offset=activation_quant_offset is not None,
+        output_dtype=output_dtype is not None,
+        x_dtype=x_dtype is not None,
+        weight_dtype=weight_dtype is not None,
+        scale_dtype=scale_dtype is not None,
+        per_token_scale_dtype=per_token_scale_dtype is not None,
+        **{
+            f"act_type={act_type}": act_type not in (None, 0),
+            f"split_item={split_item} (only 2/3: one output tensor)": split_item not in (2, 3),
+            f"group_type={group_type} (only 0: grouping along M)": group_type != 0,
+            f"{len(x)} x tensors (only one)": len(x) != 1,
+            "group_list=None (required with group_type=0)": group_list is None,
+        },
+    )
+    x0 = x[0]
+    _require(x0.dim() == 2, f"{op}: x must be 2D, got {x0.dim()}D")
+    _require(x0.dtype in _FLOAT_DTYPES, f"{op}: unsupported x dtype {x0.dtype} (unquantized only)")
+    _require(group_list.dim() == 1, f"{op}: group_list must be 1D")
+    _require(group_list_type in (0, 1), f"{op}: group_list_type must be 0 (cumsum) or 1 (counts)")
+    groups = group_list.shape[0]
+    if len(weight) == 1 and weight[0].dim() == 3:
+        _require(
+            weight[0].shape[0] == groups,
+            f"{op}: weight has {weight[0].shape[0]} groups but group_list has {groups}",
+        )
+        k_dims = {weight[0].shape[1]}
+        n_dims = {weight[0].shape[2]}
+    else:
+        _require(
+            all(w.dim() == 2 for w in weight) and len(weight) == groups,
+            f"{op}: weight must be one [E, K, N] tensor or E tensors [K, N] (one per group)",
+        )
+        k_dims = {w.shape[0] for w in weight}
+        n_dims = {w.shape[1] for w in weight}
+    _require(len(n_dims) == 1, f"{op}: every group must have the same N")
+    _require(k_dims == {x0.shape[1]}, f"{op}: K of x ({x0.shape[1]}) and weight ({k_dims}) differ")
+    _require(
+        all(w.dtype == x0.dtype for w in weight),
+        f"{op}: x and weight dtypes must match (unquantized)",
+    )
+    n = n_dims.pop()
+    if bias is not None:
+        if len(bias) == 1 and bias[0].dim() == 2:
+            # Assumption (doc: "one bias per weight tensor"): with a single [E, K, N] weight the
+            # bias is one [E, N] tensor.
+            _require(tuple(bias[0].shape) == (groups, n), f"{op}: bias must be [E, N]")
+        else:
+            _require(
+                len(bias) == groups and all(tuple(b.shape) == (n,) for b in bias),
+                f"{op}: bias must be one [E, N] tensor or E tensors [N]",
+            )
+    return x0.shape[0], n, groups
+
+
+def _gmm_fake(
+    x,
+    weight,
+    *,
+    bias=None,
+    scale=None,
+    offset=None,
+    antiquant_scale=None,
+    antiquant_offset=None,
+    per_token_scale=None,
+    group_list=None,
+    activation_input=None,
+    activation_quant_scale=None,
+    activation_quant_offset=None,
+    split_item=0,
+    group_type=None,
+    group_list_type=0,
+    act_type=0,
+    tuning_config=None,
+    output_dtype=None,
+    x_dtype=None,
+    weight_dtype=None,
+    scale_dtype=None,
+    per_token_scale_dtype=None,
+):
+    m, n, _ = _gmm_check(
+        x,
+        weight,
+        bias,
+        scale,
+        offset,
+        antiquant_scale,
+        antiquant_offset,
+        per_token_scale,
+        group_list,
+        activation_input,
+        activation_quant_scale,
+        activation_quant_offset,
+        split_item,
+        group_type,
+        group_list_type,
+        act_type,
+        output_dtype,
+        x_dtype,
+        weight_dtype,
+        scale_dtype,
+        per_token_scale_dtype,
+    )
+    return [x[0].new_empty((m, n))]
+
+
+@npu_op(
+    "npu_grouped_matmul(Tensor[] x, Tensor[] weight, *, Tensor[]? bias=None, Tensor[]? scale=None, "
+    "Tensor[]? offset=None, Tensor[]? antiquant_scale=None, Tensor[]? antiquant_offset=None, "
+    "Tensor[]? per_token_scale=None, Tensor? group_list=None, Tensor[]? activation_input=None, "
+    "Tensor[]? activation_quant_scale=None, Tensor[]? activation_quant_offset=None, "
+    "int? split_item=0, int? group_type=None, int? group_list_type=0, int? act_type=0, "
+    "int[]? tuning_config=None, int? output_dtype=None, int? x_dtype=None, int? weight_dtype=None, "
+    "int? scale_dtype=None, int? per_token_scale_dtype=None) -> Tensor[]",
+    fake=_gmm_fake,
+)
+def npu_grouped_matmul(
+    x,
+    weight,
+    *,
+    bias=None,
+    scale=None,
+    offset=None,
+    antiquant_scale=None,
+    antiquant_offset=None,
+    per_token_scale=None,
+    group_list=None,
+    activation_input=None,
+    activation_quant_scale=None,
+    activation_quant_offset=None,
+    split_item=0,
+    group_type=None,
+    group_list_type=0,
+    act_type=0,
+    tuning_config=None,
+    output_dtype=None,
+    x_dtype=None,
+    weight_dtype=None,
+    scale_dtype=None,
+    per_token_scale_dtype=None,
+):
+    """Doc entry ``npu_grouped_matmul``, formula 1 (unquantized), group_type=0, split_item 2/3.
+
+    x = [X (M, K)], weight = [W (E, K, N)] (or E tensors (K, N); either may be a transposed
+    view), group_list (E,) int64: with group_list_type=0 the cumulative row ends, with 1 the row
+    count of each group. Rows of group e are multiplied by W[e] (+ bias[e]) with float32
+    accumulation; returns [Y (M, N)] in x's dtype. The doc requires the groups to cover all M
+    rows; assumption: rows past the last group (possible when routing emits fewer valid rows
+    than M) are left zero instead of rejected. tuning_config is a performance hint and ignored.
+    """
+    m, n, groups = _gmm_check(
+        x,
+        weight,
+        bias,
+        scale,
+        offset,
+        antiquant_scale,
+        antiquant_offset,
+        per_token_scale,
+        group_list,
+        activation_input,
+        activation_quant_scale,
+        activation_quant_offset,
+        split_item,
+        group_type,
+        group_list_type,
+        act_type,
+        output_dtype,
+        x_dtype,
+        weight_dtype,
+        scale_dtype,
+        per_token_scale_dtype,
+    )
+    sizes = group_list.to(torch.int64)
+    if group_list_type == 0:
+        ends = sizes
+        _require(
+            bool((ends[1:] >= ends[:-1]).all()) and (groups == 0 or int(ends[0]) >= 0),
+            "npu_grouped_matmul: with group_list_type=0, group_list must be non-negative and "
+            "non-decreasing",
+        )
+    else:
+        _require(bool((sizes >= 0).all()), "npu_grouped_matmul: group counts must be >= 0")
+        ends = torch.cumsum(sizes, 0)
+    ends_list = ends.tolist()
+    _require(
+        not ends_list or ends_list[-1] <= m,
+        f"npu_grouped_matmul: group_list covers {ends_list[-1] if ends_list else 0} rows, "
+        f"x has {m}",
+    )
+    x0 = x[0]
+    single = len(weight) == 1 and weight[0].dim() == 3
+    out = torch.zeros((m, n), dtype=x0.dtype)
+    begin = 0
+    for g, end in enumerate(ends_list):
+        if end > begin:
+            w = weight[0][g] if single else weight[g]
+            acc = x0[begin:end].float() @ w.float()
+            if bias is not None:
+                acc = (
+                    acc + (bias[0][g] if len(bias) == 1 and bias[0].dim() == 2 else bias[g]).float()
+                )
+            out[begin:end] = acc.to(x0.dtype)
+        begin = end
+    return [out]
+
+
+# ---------------------------------------------------------------------------------------------
+# npu_moe_token_unpermute (the combine paired with npu_moe_init_routing_v2)
+# ---------------------------------------------------------------------------------------------
+
+
+def _unpermute_check(permuted_tokens, sorted_indices, probs, padded_mode, restore_shape) -> int:
+    op = "npu_moe_token_unpermute"
+    _unsupported(op, padded_mode=bool(padded_mode), restore_shape=restore_shape is not None)
+    _require(permuted_tokens.dim() == 2, f"{op}: permuted_tokens must be 2D")
+    _require(
+        permuted_tokens.dtype in _FLOAT_DTYPES, f"{op}: unsupported dtype {permuted_tokens.dtype}"
+    )
+    _require(sorted_indices.dim() == 1, f"{op}: sorted_indices must be 1D")
+    _require(
+        sorted_indices.dtype in (torch.int32, torch.int64),
+        f"{op}: sorted_indices must be int32 (doc; int64 also accepted), "
+        f"got {sorted_indices.dtype}",
+    )
+    topk = 1
+    if probs is not None:
+        _require(probs.dim() == 2, f"{op}: probs must be 2D (tokens_num, topK)")
+        topk = probs.shape[1]
+        _require(
+            probs.shape[0] * topk == sorted_indices.shape[0],
+            f"{op}: probs {tuple(probs.shape)} does not match "
+            f"sorted_indices ({sorted_indices.shape[0]},)",
+        )
+    _require(
+        sorted_indices.shape[0] % topk == 0, f"{op}: sorted_indices length not a multiple of topK"
+    )
+    return topk
+
+
+def _unpermute_fake(
+    permuted_tokens, sorted_indices, probs=None, padded_mode=False, restore_shape=None
+):
+    topk = _unpermute_check(permuted_tokens, sorted_indices, probs, padded_mode, restore_shape)
+    return permuted_tokens.new_empty((sorted_indices.shape[0] // topk, permuted_tokens.shape[1]))
+
+
+@npu_op(
+    "npu_moe_token_unpermute(Tensor permuted_tokens, Tensor sorted_indices, Tensor? probs=None, "
+    "bool padded_mode=False, int[]? restore_shape=None) -> Tensor",
+    fake=_unpermute_fake,
+)
+def npu_moe_token_unpermute(
+    permuted_tokens, sorted_indices, probs=None, padded_mode=False, restore_shape=None
+):
+    """Doc entry ``npu_moe_token_unpermute`` (the second, fuller entry in _op_plugin_docs.py).
+
+    out[i] = sum_k probs[i, k] * permuted_tokens[sorted_indices[i*topK + k]], topK = probs.shape[1]
+    (1 and no weighting without probs); accumulated in float32, returned in permuted_tokens' dtype.
+    sorted_indices is init_routing_v2's expanded_row_idx (row_idx_type=0) unchanged.
+    """
+    topk = _unpermute_check(permuted_tokens, sorted_indices, probs, padded_mode, restore_shape)
+    idx = sorted_indices.to(torch.int64)
+    if idx.numel():
+        _require(
+            int(idx.min()) >= 0 and int(idx.max()) < permuted_tokens.shape[0],
+            "npu_moe_token_unpermute: sorted_indices out of range [0, permuted_tokens.shape[0])",
+        )
+    rows = permuted_tokens.float()[idx].reshape(-1, topk, permuted_tokens.shape[1])
+    if probs is not None:
+        rows = rows * probs.float().unsqueeze(-1)
+    return rows.sum(dim=1).to(permuted_tokens.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# npu_moe_finalize_routing (the combine paired with the v1 npu_moe_init_routing)
+# ---------------------------------------------------------------------------------------------
+
+
+def _finalize_check(
+    expanded_permuted_rows, skip1, skip2, bias, scales, src_to_dst, expert_for_row, drop_pad_mode, k
+):
+    op = "npu_moe_finalize_routing"
+    _unsupported(op, **{f"drop_pad_mode={drop_pad_mode}": drop_pad_mode not in (None, 0)})
+    _require(
+        expanded_permuted_rows.dim() == 2,
+        f"{op}: expanded_permuted_rows must be 2D (NUM_ROWS*K, H)",
+    )
+    _require(src_to_dst.dim() == 1, f"{op}: expanded_src_to_dst_row must be 1D")
+    if scales is not None:
+        _require(scales.dim() == 2, f"{op}: scales must be 2D (NUM_ROWS, K)")
+        num_rows, topk = scales.shape
+    else:
+        topk = 1 if k is None else k
+        _require(topk > 0, f"{op}: k must be > 0 when scales is None")
+        num_rows = src_to_dst.shape[0] // topk
+    _require(
+        num_rows * topk == src_to_dst.shape[0],
+        f"{op}: expanded_src_to_dst_row must have NUM_ROWS*K entries",
+    )
+    _require(not (skip2 is not None and skip1 is None), f"{op}: skip2 given without skip1")
+    if bias is not None:
+        _require(expert_for_row is not None, f"{op}: bias needs export_for_source_row")
+    return num_rows, topk
+
+
+def _finalize_fake(
+    expanded_permuted_rows,
+    skip1,
+    skip2,
+    bias,
+    scales,
+    expanded_src_to_dst_row,
+    export_for_source_row,
+    drop_pad_mode=0,
+    k=1,
+):
+    num_rows, _ = _finalize_check(
+        expanded_permuted_rows,
+        skip1,
+        skip2,
+        bias,
+        scales,
+        expanded_src_to_dst_row,
+        export_for_source_row,
+        drop_pad_mode,
+        k,
+    )
+    return expanded_permuted_rows.new_empty((num_rows, expanded_permuted_rows.shape[1]))
+
+
+@npu_op(
+    "npu_moe_finalize_routing(Tensor expanded_permuted_rows, Tensor? skip1, Tensor? skip2, "
+    "Tensor? bias, "
+    "Tensor? scales, Tensor expanded_src_to_dst_row, Tensor? export_for_source_row, "
+    "int? drop_pad_mode=0, int? k=1) -> Tensor",
+    fake=_finalize_fake,
+)
+def npu_moe_finalize_routing(
+    expanded_permuted_rows,
+    skip1,
+    skip2,
+    bias,
+    scales,
+    expanded_src_to_dst_row,
+    export_for_source_row,
+    drop_pad_mode=0,
+    k=1,
+):
+    """Doc entry ``npu_moe_finalize_routing`` (drop_pad_mode=0, the only documented value).
+
+    out[i] = skip1[i] + skip2[i]
+             + sum_k scales[i, k] * (rows[src_to_dst[i + k*NUM_ROWS]] + bias[expert_for_row[i, k]])
+    Note the column-major source index i + k*NUM_ROWS (the v1 init_routing layout). Missing
+    optional terms are zero; scales missing means weight 1 with K taken from ``k``.
+    Accumulated in float32, returned in expanded_permuted_rows' dtype.
+    """
+    num_rows, topk = _finalize_check(
+        expanded_permuted_rows,
+        skip1,
+        skip2,
+        bias,
+        scales,
+        expanded_src_to_dst_row,
+        export_for_source_row,
+        drop_pad_mode,
+        k,
+    )
+    hidden = expanded_permuted_rows.shape[1]
+    # [i + k*N] -> view (K, N) -> (N, K): column j of row i is source slot (i, j)
+    idx = expanded_src_to_dst_row.to(torch.int64).reshape(topk, num_rows).t()
+    rows = expanded_permuted_rows.float()[idx.reshape(-1)].reshape(num_rows, topk, hidden)
+    if bias is not None:
+        rows = rows + bias.float()[export_for_source_row.to(torch.int64)]
+    weights = scales.float() if scales is not None else torch.ones(num_rows, topk)
+    out = (rows * weights.unsqueeze(-1)).sum(dim=1)
+    if skip1 is not None:
+        out = out + skip1.float()
+    if skip2 is not None:
+        out = out + skip2.float()
+    return out.to(expanded_permuted_rows.dtype)
+
+
+# ---------------------------------------------------------------------------------------------
+# npu_moe_compute_expert_tokens
+# ---------------------------------------------------------------------------------------------
+
+
+def _expert_tokens_fake(sorted_expert_for_source_row, num_expert):
+    _require(
+        0 < num_expert <= 2048, "npu_moe_compute_expert_tokens: num_expert must be in (0, 2048]"
+    )
+    return sorted_expert_for_source_row.new_empty((num_expert,))
+
+
+@npu_op(
+    "npu_moe_compute_expert_tokens(Tensor sorted_expert_for_source_row, int num_expert) -> Tensor",
+    fake=_expert_tokens_fake,
+)
+def npu_moe_compute_expert_tokens(sorted_expert_for_source_row, num_expert):
+    """Doc entry ``npu_moe_compute_expert_tokens``: binary search, per expert i, of the end of its
+    run in the non-decreasing expert list.
+
+    Assumption: "the position of the last row each expert handles" is returned as an exclusive
+    end (number of entries <= i), so the result is the cumulative token count per expert, i.e. a
+    group_list for npu_grouped_matmul with group_list_type=0. Dtype follows the input (int32).
+    """
+    _require(
+        0 < num_expert <= 2048, "npu_moe_compute_expert_tokens: num_expert must be in (0, 2048]"
+    )
+    _require(
+        sorted_expert_for_source_row.dim() == 1, "npu_moe_compute_expert_tokens: input must be 1D"
+    )
+    experts = sorted_expert_for_source_row.to(torch.int64)
+    _require(
+        bool((experts[1:] >= experts[:-1]).all()),
+        "npu_moe_compute_expert_tokens: input must be sorted non-decreasingly",
+    )
+    ends = torch.searchsorted(experts, torch.arange(num_expert, dtype=torch.int64), right=True)
+    return ends.to(sorted_expert_for_source_row.dtype)

@@ -1,0 +1,233 @@
+"""Unquantized fused MoE on Ascend: routing and experts through torch_npu's MoE ops.
+
+vLLM 0.32 builds every unquantized MoE layer's method as ``UnquantizedFusedMoEMethod(moe_config)``
+(RoutedExperts._get_quant_method); being a CustomOp, that constructor returns the class registered
+with ``CustomOp.register_oot(..., name="UnquantizedFusedMoEMethod")`` instead. The MoE runner then
+asks ``quant_method.is_monolithic``: when True it calls
+``apply_monolithic(layer, x, router_logits, input_ids)`` with the raw router logits; otherwise it
+first routes with its own router (for an OOT platform that is FusedTopKRouter, which needs vLLM's
+CUDA ``topk_softmax`` kernel) and calls ``apply(layer, x, topk_weights, topk_ids, ...)``. The stock
+method on an OOT platform has no kernel (backend OOT, experts_cls None), so this class is
+monolithic and routes itself:
+
+    npu_moe_gating_top_k_softmax -> (renormalize) -> npu_moe_init_routing_v2 (count mode)
+    -> npu_grouped_matmul(w13) -> npu_swiglu -> npu_grouped_matmul(w2) -> npu_moe_token_unpermute
+
+Weights: vLLM allocates w13 [E, 2I, H] (gate rows, then up rows) and w2 [E, H, I], i.e. (out, in)
+per expert. The grouped matmul computes rows @ W[e] with W[e] of shape (in, out), so
+``process_weights_after_loading`` transposes both once, to w13 [E, H, 2I] and w2 [E, I, H]
+(contiguous), through vLLM's ``replace_parameter`` so a weight reload still works.
+
+Not supported, and rejected with NotImplementedError rather than silently computed differently:
+expert parallelism / expert maps, grouped top-k, non-softmax scoring, e_score_correction_bias,
+custom routing functions, hash routing, routed_scaling_factor != 1, activations other than silu
+(and swiglu clamp/alpha/beta), apply_router_weight_on_input with top_k > 1.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from vllm.model_executor.layers.fused_moe.activation import MoEActivation
+from vllm.model_executor.layers.fused_moe.config import FusedMoEConfig
+from vllm.model_executor.layers.fused_moe.fused_moe_method_base import FusedMoEMethodBase
+from vllm.model_executor.layers.fused_moe.oracle.unquantized import UnquantizedMoeBackend
+from vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method import (
+    UnquantizedFusedMoEMethod,
+)
+from vllm.model_executor.utils import replace_parameter
+
+if TYPE_CHECKING:
+    from vllm.model_executor.layers.fused_moe.routed_experts import RoutedExperts
+    from vllm.model_executor.layers.fused_moe.runner.shared_experts import SharedExperts
+
+# vLLM class (CustomOp registry key) this method replaces.
+REPLACES = "UnquantizedFusedMoEMethod"
+
+# Marks a weight already transposed into the grouped-matmul layout (carried by replace_parameter;
+# a reloaded parameter does not have it and is transposed again).
+_GMM_LAYOUT_ATTR = "ascend_gmm_layout"
+
+
+def _unsupported(what: str) -> NotImplementedError:
+    return NotImplementedError(f"Ascend unquantized fused MoE does not support {what}")
+
+
+def check_moe_config(moe: FusedMoEConfig) -> None:
+    """Reject, at construction, what the config alone shows is unsupported."""
+    if moe.moe_parallel_config.use_ep:
+        raise _unsupported("expert parallelism (enable_expert_parallel)")
+    if moe.activation != MoEActivation.SILU:
+        raise _unsupported(f"activation {moe.activation.value!r} (only 'silu', as SwiGLU)")
+    if moe.has_hash_routing:
+        raise _unsupported("hash routing")
+    for name in ("swiglu_limit", "swiglu_alpha", "swiglu_beta"):
+        if getattr(moe, name, None) is not None:
+            raise _unsupported(f"{name}")
+
+
+def check_layer(layer: RoutedExperts) -> None:
+    """Reject the routing features this method does not implement (see the module docstring)."""
+    if layer.expert_map is not None or layer.local_num_experts != layer.global_num_experts:
+        raise _unsupported("expert parallelism / expert maps")
+    if layer.use_grouped_topk:
+        raise _unsupported("grouped top-k routing (use_grouped_topk)")
+    if layer.scoring_func != "softmax":
+        raise _unsupported(f"scoring_func={layer.scoring_func!r} (only 'softmax')")
+    if layer.e_score_correction_bias is not None:
+        raise _unsupported("e_score_correction_bias")
+    if layer.custom_routing_function is not None:
+        raise _unsupported("custom_routing_function")
+    if layer.routed_scaling_factor != 1.0:
+        raise _unsupported(f"routed_scaling_factor={layer.routed_scaling_factor}")
+    if layer.activation != MoEActivation.SILU:
+        raise _unsupported(f"activation {layer.activation.value!r} (only 'silu')")
+    for name in ("swiglu_limit", "swiglu_alpha", "swiglu_beta"):
+        if getattr(layer, name, None) is not None:
+            raise _unsupported(name)
+    if layer.apply_router_weight_on_input and layer.top_k != 1:
+        raise _unsupported("apply_router_weight_on_input with top_k > 1")
+
+
+class AscendUnquantizedFusedMoEMethod(UnquantizedFusedMoEMethod):
+    """Replaces vLLM's ``UnquantizedFusedMoEMethod`` (register_oot name of the same spelling).
+
+    The runner calls ``apply_monolithic`` (``is_monolithic`` is True). ``apply`` (router output
+    given) runs the same expert pipeline for callers that route elsewhere.
+    """
+
+    def __init__(self, moe: FusedMoEConfig):
+        # Skip UnquantizedFusedMoEMethod.__init__: it picks a GPU/CPU kernel backend via
+        # select_unquantized_moe_backend. FusedMoEMethodBase.__init__ still runs CustomOp.__init__.
+        FusedMoEMethodBase.__init__(self, moe)
+        check_moe_config(moe)
+        self.unquantized_backend = UnquantizedMoeBackend.OOT
+        self.experts_cls = None
+        # ipc_cache-style pre-processed loads would hand over weights in vLLM's layout.
+        self.supports_pre_processed_weights = False
+
+    @property
+    def is_monolithic(self) -> bool:
+        return True
+
+    @property
+    def supports_eplb(self) -> bool:
+        return False
+
+    # ---- weights ---------------------------------------------------------------------------
+    def process_weights_after_loading(self, layer: RoutedExperts) -> None:
+        check_layer(layer)
+        for name in ("w13_weight", "w2_weight"):
+            param = getattr(layer, name)
+            if getattr(param, _GMM_LAYOUT_ATTR, False):
+                continue  # already [E, in, out]
+            gmm_weight = param.data.transpose(1, 2).contiguous()
+            setattr(gmm_weight, _GMM_LAYOUT_ATTR, True)
+            replace_parameter(layer, name, gmm_weight)
+        self.moe_quant_config = self.get_fused_moe_quant_config(layer)
+
+    # ---- forward ---------------------------------------------------------------------------
+    def apply_monolithic(
+        self,
+        layer: RoutedExperts,
+        x: torch.Tensor,
+        router_logits: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        check_layer(layer)
+        if x.shape[0] == 0:
+            return x.new_empty(x.shape)
+        topk_weights, topk_ids, _ = torch.ops.npu.npu_moe_gating_top_k_softmax(
+            router_logits, None, k=layer.top_k
+        )
+        topk_weights = topk_weights.float()
+        if layer.renormalize:
+            topk_weights = topk_weights / topk_weights.sum(dim=-1, keepdim=True)
+        sink = layer.routing_sink
+        if sink is not None:  # routed-experts capture (RL replay)
+            replay = sink.buffer[: topk_ids.shape[0]]
+            replay.copy_(topk_ids)
+            sink.capture_fn(replay)
+        return self._experts(layer, x, topk_weights, topk_ids)
+
+    def apply(
+        self,
+        layer: RoutedExperts,
+        x: torch.Tensor,
+        topk_weights: torch.Tensor,
+        topk_ids: torch.Tensor,
+        shared_experts: SharedExperts | None,
+        shared_experts_input: torch.Tensor | None,
+    ) -> torch.Tensor:
+        # Not through CustomOp dispatch: forward_native would need vLLM's modular kernel.
+        return self.forward_oot(
+            layer, x, topk_weights, topk_ids, shared_experts, shared_experts_input
+        )
+
+    def forward_oot(
+        self,
+        layer: RoutedExperts,
+        x: torch.Tensor,
+        topk_weights: torch.Tensor,
+        topk_ids: torch.Tensor,
+        shared_experts: SharedExperts | None,
+        shared_experts_input: torch.Tensor | None,
+    ) -> torch.Tensor:
+        check_layer(layer)
+        if shared_experts is not None:
+            # On the monolithic path the runner runs shared experts itself; a modular caller
+            # expects the kernel to schedule them, which this method does not do.
+            raise _unsupported("shared experts passed to the expert kernel (modular path)")
+        if x.shape[0] == 0:
+            return x.new_empty(x.shape)
+        return self._experts(layer, x, topk_weights.float(), topk_ids.to(torch.int32))
+
+    def _experts(
+        self,
+        layer: RoutedExperts,
+        x: torch.Tensor,
+        topk_weights: torch.Tensor,
+        topk_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        """x (T, H); topk_weights (T, K) float32; topk_ids (T, K) int32 -> (T, H) in x's dtype."""
+        num_tokens, top_k = topk_ids.shape
+        num_experts = layer.global_num_experts
+        probs: torch.Tensor | None = topk_weights.to(x.dtype)
+        if layer.apply_router_weight_on_input:  # top_k == 1 (check_layer)
+            x = (x.float() * topk_weights).to(x.dtype)
+            probs = None
+
+        expanded_x, expanded_row_idx, tokens_per_expert, _ = torch.ops.npu.npu_moe_init_routing_v2(
+            x,
+            topk_ids,
+            active_num=num_tokens * top_k,
+            expert_num=num_experts,
+            expert_tokens_num_type=1,  # counts -> group_list_type=1 below
+            expert_tokens_num_flag=True,
+            quant_mode=-1,
+            active_expert_range=[0, num_experts],
+        )
+        has_bias = self.moe.has_bias
+        # npu_grouped_matmul takes float32 bias with bfloat16 x (doc dtype table).
+        bias_dtype = torch.float32 if x.dtype == torch.bfloat16 else x.dtype
+        gate_up = torch.ops.npu.npu_grouped_matmul(
+            [expanded_x],
+            [layer.w13_weight],
+            bias=[layer.w13_bias.to(bias_dtype)] if has_bias else None,
+            group_list=tokens_per_expert,
+            split_item=2,
+            group_type=0,
+            group_list_type=1,
+        )[0]
+        hidden = torch.ops.npu.npu_swiglu(gate_up, -1)  # silu(gate) * up, gate = first half
+        down = torch.ops.npu.npu_grouped_matmul(
+            [hidden],
+            [layer.w2_weight],
+            bias=[layer.w2_bias.to(bias_dtype)] if has_bias else None,
+            group_list=tokens_per_expert,
+            split_item=2,
+            group_type=0,
+            group_list_type=1,
+        )[0]
+        return torch.ops.npu.npu_moe_token_unpermute(down, expanded_row_idx, probs)
