@@ -71,6 +71,11 @@ def hf_greedy(
         if not ids:
             raise ValueError("empty prompt")
         input_ids = torch.tensor([ids], dtype=torch.long)
+        if ignore_eos:
+            # transformers fills an unset eos_token_id from the model's generation config, so
+            # generation past EOS is done with an explicit argmax loop over the KV cache.
+            results.append(_greedy_loop(model, input_ids, max_new_tokens))
+            continue
         with torch.inference_mode():
             out = model.generate(
                 input_ids=input_ids,
@@ -79,3 +84,18 @@ def hf_greedy(
             )
         results.append(out[0, len(ids) :].tolist())
     return results
+
+
+def _greedy_loop(model, input_ids: torch.Tensor, max_new_tokens: int) -> list[int]:
+    generated: list[int] = []
+    with torch.inference_mode():
+        out = model(input_ids=input_ids, use_cache=True)
+        for _ in range(max_new_tokens):
+            token = int(out.logits[0, -1].argmax())
+            generated.append(token)
+            out = model(
+                input_ids=torch.tensor([[token]]),
+                past_key_values=out.past_key_values,
+                use_cache=True,
+            )
+    return generated

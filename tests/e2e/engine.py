@@ -23,6 +23,7 @@ def engine(model, **kwargs):
         max_model_len=512,
         kv_cache_memory_bytes=64 << 20,
         seed=0,
+        disable_log_stats=False,  # the tests read prefix-cache and preemption counters
     )
     defaults.update(kwargs)
     llm = LLM(model=str(model), **defaults)
@@ -51,3 +52,10 @@ def random_prompts(lengths: list[int], vocab: int, seed: int = 0) -> list[list[i
     g = torch.Generator().manual_seed(seed)
     # Skip the first ids (special tokens of the test tokenizer).
     return [torch.randint(8, vocab, (n,), generator=g).tolist() for n in lengths]
+
+
+def generate_once(model, prompts: list[list[int]], max_tokens: int, **kwargs) -> list[list[int]]:
+    """Start an engine, generate greedily, shut it down. No reference to the engine outlives
+    this call (a stale LLM collected later would tear down the next engine's process groups)."""
+    with engine(model, **kwargs) as llm:
+        return greedy(llm, prompts, max_tokens)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from engine import counter, engine, greedy, random_prompts
+from engine import counter, engine, generate_once, greedy, random_prompts
 from hf_reference import hf_greedy
 
 # mistral_sw: sliding window 32, shorter than most prompts here.
@@ -28,7 +28,7 @@ def reference(checkpoints):
     def get(name, prompts, max_tokens=MAX_TOKENS):
         key = (name, json.dumps(prompts), max_tokens)
         if key not in cache:
-            cache[key] = hf_greedy(checkpoints(name), prompts, max_tokens)
+            cache[key] = hf_greedy(checkpoints(name), prompts, max_tokens, ignore_eos=True)
         return cache[key]
 
     return get
@@ -88,10 +88,8 @@ def test_preemption_matches_hf(checkpoints, reference, model):
 def test_bf16_divergence_from_fp32(checkpoints, model, record_property, capsys):
     path = checkpoints(model)
     prompts = random_prompts(LENGTHS, vocab_of(path), seed=4)
-    with engine(path, dtype="float32") as llm:
-        fp32 = greedy(llm, prompts, MAX_TOKENS)
-    with engine(path, dtype="bfloat16") as llm:
-        bf16 = greedy(llm, prompts, MAX_TOKENS)
+    fp32 = generate_once(path, prompts, MAX_TOKENS, dtype="float32")
+    bf16 = generate_once(path, prompts, MAX_TOKENS, dtype="bfloat16")
     # Divergence metric: share of positions equal before the first mismatch, per prompt.
     prefix = []
     for a, b in zip(fp32, bf16):

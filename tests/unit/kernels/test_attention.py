@@ -1,4 +1,4 @@
-"""npu_fused_infer_attention_score (CPU kernel) against a float64 reference written with plain loops.
+"""npu_fused_infer_attention_score (CPU kernel) against a float64 reference made of plain loops.
 
 The reference works on one logical sequence at a time: q [q_len, N, D], k [kv_len, KV_N, D],
 v [kv_len, KV_N, Dv] and a python predicate allowed(i, j) saying whether query row i (0-based
@@ -39,7 +39,7 @@ def ref_attention(q, k, v, scale, allowed):
             m = max(s)
             w = [math.exp(x - m) for x in s]
             tot = sum(w)
-            for wj, j in zip(w, cols):
+            for wj, j in zip(w, cols, strict=False):
                 out[i, h] += wj / tot * v[j, kh]
             lse[i, h] = m + math.log(tot)
     return out, lse
@@ -70,7 +70,7 @@ def make_seqs(q_lens, kv_lens, n, kvn, d, dv=None, seed=0):
     return [
         (torch.randn(ql, n, d, generator=g), torch.randn(kl, kvn, d, generator=g),
          torch.randn(kl, kvn, dv, generator=g))
-        for ql, kl in zip(q_lens, kv_lens)
+        for ql, kl in zip(q_lens, kv_lens, strict=False)
     ]
 
 
@@ -104,7 +104,8 @@ def paged_cache(seqs, block_size, kvn, fmt, seed=1, num_extra_blocks=3, fill=0.0
 
 def check(out, lse, refs, dtype, lse_tol=None):
     tol = TOL[dtype]
-    for (ro, rl), (o, lv) in zip(refs, zip(out, lse if lse is not None else [None] * len(out))):
+    lses = lse if lse is not None else [None] * len(out)
+    for (ro, rl), o, lv in zip(refs, out, lses, strict=True):
         torch.testing.assert_close(o.double(), ro, atol=tol * 4, rtol=tol * 4)
         if lv is not None:
             torch.testing.assert_close(lv.double(), rl, atol=lse_tol or tol * 4, rtol=0)
@@ -255,7 +256,7 @@ def test_sliding_window_sparse_mode_4_tnd_paged(window):
 
 
 def test_sparse_mode_0_full_mask_with_left_up_band():
-    """sparse_mode 0 with a full mask: mask (True = masked) AND the pre/next band from the top-left."""
+    """sparse_mode 0 with a full mask: mask (True = masked) AND the pre/next band (top-left)."""
     n, d, s, skv = 2, 8, 5, 9
     g = torch.Generator().manual_seed(13)
     q = torch.randn(1, n, s, d, generator=g)
@@ -296,7 +297,7 @@ def test_decode_mask_b_kv_shape():
     out = FIA(q, k, v, atten_mask=mask, num_heads=n, scale=0.1)[0].reshape(3, 1, n, d)
     for b in range(3):
         ro, _ = ref_attention(q[b].reshape(1, n, d), k[b].reshape(skv, n, d),
-                              v[b].reshape(skv, n, d), 0.1, lambda i, j: not bool(mask[b, j]))
+                              v[b].reshape(skv, n, d), 0.1, lambda i, j, b=b: not bool(mask[b, j]))
         torch.testing.assert_close(out[b].double(), ro, atol=1e-5, rtol=1e-5)
 
 

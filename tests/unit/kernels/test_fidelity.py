@@ -1,4 +1,4 @@
-"""Fidelity of the CPU ops to torch-npu 2.13.0 itself (its wheel, fetched by tests/torch_npu_wheel.py).
+"""Fidelity of the CPU ops to torch-npu 2.13.0 (its wheel, fetched by tests/torch_npu_wheel.py).
 
 (a) every op in ``npu_library.SCHEMAS`` declares exactly the schema of torch-npu's codegen yaml;
 (b) on representative inputs (the ``SAMPLES`` table) each CPU kernel returns outputs with the
@@ -123,6 +123,25 @@ SAMPLES: list[tuple[str, str, Callable[[], tuple[tuple, dict]]]] = [
 ] + [
     ("npu_fused_infer_attention_score", f"dense_{layout}_{lse}", _fia_dense(layout, lse))
     for layout in ("BSH", "BSND", "BNSD", "BNSD_BSND") for lse in (True, False)
+] + [
+    # MoE routing path.
+    ("npu_moe_gating_top_k_softmax", "k2", lambda: ((torch.randn(6, 8), None), dict(k=2))),
+    ("npu_moe_init_routing_v2", "count", lambda: (
+        (torch.randn(6, 16),
+         torch.stack([torch.randperm(8)[:2] for _ in range(6)]).int()),
+        dict(expert_num=8, expert_tokens_num_type=1, expert_tokens_num_flag=True,
+             active_expert_range=[0, 8]))),
+    ("npu_grouped_matmul", "split2_counts", lambda: (
+        ([torch.randn(7, 16)], [torch.randn(3, 16, 8)]),
+        dict(group_list=torch.tensor([2, 0, 5]), split_item=2, group_type=0,
+             group_list_type=1))),
+    ("npu_moe_token_unpermute", "probs", lambda: (
+        (torch.randn(12, 16), torch.randperm(12).int(), torch.rand(6, 2)), {})),
+    ("npu_moe_finalize_routing", "mode0", lambda: (
+        (torch.randn(12, 16), None, None, None, torch.rand(6, 2), torch.randperm(12).int(),
+         torch.randint(0, 4, (6, 2)).int(), 0, 2), {})),
+    ("npu_moe_compute_expert_tokens", "int32", lambda: (
+        (torch.tensor([0, 0, 1, 3], dtype=torch.int32), 4), {})),
 ]
 
 # ----------------------------------------------------------------------------------------------
