@@ -98,7 +98,8 @@ def _query_bsnd(query: torch.Tensor, q_layout: str, num_heads: int):
     if q_layout == "BSH":
         b, s, h = query.shape
         if h % num_heads:
-            raise ValueError(_err(f"query hidden size {h} is not divisible by num_heads {num_heads}"))
+            raise ValueError(_err(f"query hidden size {h} is not divisible by num_heads "
+                                  f"{num_heads}"))
         return b, s, num_heads, h // num_heads
     if q_layout == "BSND":
         b, s, n, d = query.shape
@@ -182,7 +183,7 @@ def _cumulative(values, name: str, total: int) -> tuple[list[int], list[int]]:
         raise ValueError(_err(f"{name} is required for layout TND (cumulative lengths)"))
     ends = [int(v) for v in values]
     starts = [0] + ends[:-1]
-    lengths = [e - s for s, e in zip(starts, ends)]
+    lengths = [e - s for s, e in zip(starts, ends, strict=False)]
     if any(n < 0 for n in lengths) or (ends and ends[0] < 0):
         raise ValueError(_err(f"{name} must be non-decreasing and non-negative, got {ends}"))
     if ends and ends[-1] > total:
@@ -293,7 +294,8 @@ def npu_fused_infer_attention_score(
             raise NotImplementedError(_err(f"argument {name} is not implemented on CPU"))
     for name in _UNSUPPORTED_MODE_ARGS:
         if args[name] != 0:
-            raise NotImplementedError(_err(f"argument {name}={args[name]} is not implemented on CPU"))
+            raise NotImplementedError(_err(f"argument {name}={args[name]} is not implemented "
+                                           "on CPU"))
     if inner_precise not in (0, 1, 2, 3):
         raise ValueError(_err(f"inner_precise must be 0..3, got {inner_precise}"))
     if sparse_mode not in (0, 1, 2, 3, 4):
@@ -420,7 +422,8 @@ def npu_fused_infer_attention_score(
     if full_mask is not None:
         if full_mask.shape[0] not in (1, batch):
             raise ValueError(_err(f"atten_mask batch {full_mask.shape[0]} != {batch}"))
-        if max(q_lens, default=0) > full_mask.shape[1] or max(kv_lens, default=0) > full_mask.shape[2]:
+        if (max(q_lens, default=0) > full_mask.shape[1]
+                or max(kv_lens, default=0) > full_mask.shape[2]):
             raise ValueError(_err(f"atten_mask {tuple(atten_mask.shape)} is smaller than the "
                                   f"query/kv lengths {q_lens}/{kv_lens}"))
 
@@ -438,6 +441,8 @@ def npu_fused_infer_attention_score(
     out_rows = torch.zeros(q_flat.shape[0], num_heads, dv, dtype=torch.float32)
     lse_rows = torch.full((q_flat.shape[0], num_heads), float("-inf"), dtype=torch.float32)
 
+    # Similar kv lengths share a chunk, so little padding is computed.
+    items.sort(key=lambda it: (kv_lens[it[0]], it[2] - it[1]))
     chunk: list = []
     for item in items + [None]:
         if item is not None:
@@ -501,7 +506,9 @@ def _run_chunk(chunk, ctx, out_rows, lse_rows) -> None:
     q_start = torch.tensor([ctx["q_starts"][b] for b, _, _ in chunk]) + r0s
     q_idx = (q_start[:, None] + ar_r[None, :]).clamp(max=q_flat.shape[0] - 1)
     q = q_flat[q_idx].float()  # [C, R, N, D]
+    # -> [C, KV_N, G*R, D]: heads sharing a kv head are folded into the rows of one matmul.
     q = q.reshape(c, max_r, kv_heads, group, -1).permute(0, 2, 3, 1, 4)
+    q = q.reshape(c, kv_heads, group * max_r, -1)
 
     # key/value -> [C, KV, KV_N, D]
     if ctx["paged"]:
@@ -517,11 +524,13 @@ def _run_chunk(chunk, ctx, out_rows, lse_rows) -> None:
         kv_idx = (kv_start[:, None] + ar_kv[None, :]).clamp(max=max(k_rows.shape[0] - 1, 0))
         k = k_rows[kv_idx]
         v = v_rows[kv_idx]
-    k = k.float().permute(0, 2, 3, 1).unsqueeze(2)  # [C, KV_N, 1, D, KV]
+    f32 = dict(dtype=torch.float32, memory_format=torch.contiguous_format)
+    k = k.permute(0, 2, 1, 3).to(**f32)  # [C, KV_N, KV, D]
     # Slots past a sequence's kv length may hold garbage (even NaN): zero them so 0 * NaN never
     # reaches the output.
-    v = v.float().masked_fill(~kv_valid[:, :, None, None], 0.0)
-    v = v.permute(0, 2, 1, 3).unsqueeze(2)  # [C, KV_N, 1, KV, Dv]
+    v = v.permute(0, 2, 1, 3).to(**f32)  # [C, KV_N, KV, Dv]
+    if not bool(kv_valid.all()):
+        v.masked_fill_(~kv_valid[:, None, :, None], 0.0)
 
     # allowed[c, i, j]: query row i (position within its sequence) may attend kv position j.
     i = r0s[:, None] + ar_r[None, :]  # [C, R]
@@ -546,13 +555,15 @@ def _run_chunk(chunk, ctx, out_rows, lse_rows) -> None:
         masked = full_mask[mb[:, None, None], mi[:, :, None], mj[None, None, :]]
         allowed &= ~masked
 
-    scores = torch.matmul(q, k) * ctx["scale"]  # [C, KV_N, G, R, KV]
-    scores = scores.masked_fill(~allowed[:, None, None], float("-inf"))
+    scores = torch.matmul(q, k.transpose(-1, -2)).mul_(ctx["scale"])  # [C, KV_N, G*R, KV]
+    scores = scores.view(c, kv_heads, group, max_r, max_kv)
+    scores.masked_fill_(~allowed[:, None, None], float("-inf"))
     row_max = scores.amax(dim=-1, keepdim=True)
     row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-    e = torch.exp(scores - row_max)
+    e = scores.sub_(row_max).exp_()
     denom = e.sum(dim=-1, keepdim=True)
-    out = torch.matmul(e, v) / denom.clamp_min(torch.finfo(torch.float32).tiny)
+    out = torch.matmul(e.view(c, kv_heads, group * max_r, max_kv), v)
+    out = out.view(c, kv_heads, group, max_r, -1) / denom.clamp_min(torch.finfo(torch.float32).tiny)
     lse = (row_max + torch.log(denom)).squeeze(-1)  # -inf where nothing is attended
 
     # back to rows: [C, R, N, Dv] / [C, R, N]

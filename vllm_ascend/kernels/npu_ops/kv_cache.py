@@ -87,7 +87,7 @@ def npu_scatter_pa_kv_cache(key, value, key_cache, value_cache, slot_mapping, *,
         raise ValueError("npu_scatter_pa_kv_cache: key_cache and value_cache must be 4-D")
     dtypes = {key.dtype, value.dtype, key_cache.dtype, value_cache.dtype}
     if len(dtypes) != 1:
-        raise TypeError(f"npu_scatter_pa_kv_cache: key, value and both caches must share one dtype, "
+        raise TypeError("npu_scatter_pa_kv_cache: key, value and both caches must share a dtype, "
                         f"got {sorted(str(d) for d in dtypes)}")
     mode = "Norm" if cache_mode is None else cache_mode
     if mode == "Norm":

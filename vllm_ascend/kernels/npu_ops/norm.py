@@ -1,8 +1,8 @@
 """CPU kernels of torch_npu's RMSNorm ops.
 
 Both follow the formula y = x / sqrt(mean(x^2) + eps) * gamma, where the mean runs over the trailing
-``gamma.dim()`` dimensions of x (the meta function of torch-npu derives the shape of ``rstd`` the same
-way: the leading ``x.dim() - gamma.dim()`` sizes, then ones).
+``gamma.dim()`` dimensions of x (the meta function of torch-npu derives the shape of ``rstd`` the
+same way: the leading ``x.dim() - gamma.dim()`` sizes, then ones).
 """
 
 from __future__ import annotations

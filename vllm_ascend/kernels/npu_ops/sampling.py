@@ -15,7 +15,7 @@ def _top_k_top_p_fake(logits, p=None, k=None):
         fake=_top_k_top_p_fake)
 def npu_top_k_top_p(logits: torch.Tensor, p: torch.Tensor | None = None,
                     k: torch.Tensor | None = None) -> torch.Tensor:
-    """torch_npu.npu_top_k_top_p (doc entry ``npu_top_k_top_p``): filtered logits, -inf where dropped.
+    """torch_npu.npu_top_k_top_p (doc entry ``npu_top_k_top_p``): logits, -inf where filtered.
 
     Follows the documented steps: stable ascending sort; top-k keeps values >= the k-th largest
     (ties with it are kept); softmax of the top-k-filtered row; cumulative probability from the
