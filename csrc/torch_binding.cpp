@@ -1,0 +1,85 @@
+// Registers the _C_ascend operator library with the PyTorch dispatcher and provides the Python
+// module init, so the shared library is importable as vllm_ascend._C_ascend.
+//
+// Dispatch keys:
+//   CPU          csrc/cpu/           always built
+//   Meta         csrc/meta.cpp       always built (shape functions for FakeTensor / compile)
+//   PrivateUse1  csrc/ascend/        only when CANN was found at build time (torch_npu's key)
+#include <Python.h>
+
+#include <torch/library.h>
+
+#include "ops.h"
+
+// Schemas. Keep in sync with vllm_ascend/kernels/extension.py (EXPECTED_SCHEMAS): the Python side
+// refuses to use an extension whose registered schemas differ (a stale build).
+TORCH_LIBRARY(_C_ascend, m) {
+  // Rotates query (and key, if given) in place. positions: [T] or [B, S] (int64/int32);
+  // query/key: [T, heads * head_size] or [T, heads, head_size] (or with [B, S] leading),
+  // any token stride (views into a fused qkv are fine); cos_sin_cache: [max_position, rot_dim],
+  // cos in the first rot_dim/2 columns, sin in the rest. Dims >= rot_dim of each head are
+  // left untouched (partial rotary).
+  m.def(
+      "rotary_embedding(Tensor positions, Tensor(a!) query, Tensor(b!)? key, int head_size, "
+      "Tensor cos_sin_cache, bool is_neox) -> ()");
+  // Vocab-parallel embedding input masking. Returns (masked ids int64, mask bool) where mask is
+  // True for ids that this shard does not own.
+  m.def(
+      "get_masked_input_and_mask(Tensor input, int org_vocab_start_index, "
+      "int org_vocab_end_index, int num_org_vocab_padding, int added_vocab_start_index, "
+      "int added_vocab_end_index) -> (Tensor, Tensor)");
+  // Decode-path fusion for W8A8 models: residual add + RMSNorm + per-token symmetric int8
+  // quantisation. Unfused, the normed activations are written to memory in bf16 by the norm
+  // and read back by the quantiser (2 x T x hidden x 2 bytes of traffic per layer, plus a launch);
+  // fused, each row stays on-chip (UB on the NPU, L1/L2 on the CPU) between the three steps.
+  // Returns (y int8 [..., hidden], scale float32 [...], residual_out [..., hidden]) with
+  // x + residual = residual_out and y * scale ~= rms_norm(residual_out) * weight.
+  m.def(
+      "add_rms_norm_dynamic_quant(Tensor x, Tensor residual, Tensor weight, float epsilon) "
+      "-> (Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(_C_ascend, CPU, m) {
+  m.impl("rotary_embedding", &vllm_ascend::rotary_embedding_cpu);
+  m.impl("get_masked_input_and_mask", &vllm_ascend::get_masked_input_and_mask_cpu);
+  m.impl("add_rms_norm_dynamic_quant", &vllm_ascend::add_rms_norm_dynamic_quant_cpu);
+}
+
+TORCH_LIBRARY_IMPL(_C_ascend, Meta, m) {
+  m.impl("rotary_embedding", &vllm_ascend::rotary_embedding_meta);
+  m.impl("get_masked_input_and_mask", &vllm_ascend::get_masked_input_and_mask_meta);
+  m.impl("add_rms_norm_dynamic_quant", &vllm_ascend::add_rms_norm_dynamic_quant_meta);
+}
+
+#ifdef VLLM_ASCEND_WITH_CANN
+TORCH_LIBRARY_IMPL(_C_ascend, PrivateUse1, m) {
+  m.impl("rotary_embedding", &vllm_ascend::rotary_embedding_npu);
+  m.impl("get_masked_input_and_mask", &vllm_ascend::get_masked_input_and_mask_npu);
+  m.impl("add_rms_norm_dynamic_quant", &vllm_ascend::add_rms_norm_dynamic_quant_npu);
+}
+#endif
+
+// ---- Python module ------------------------------------------------------------------------------
+// The ops live in the dispatcher (torch.ops._C_ascend.*); importing the module only has to run the
+// static registrations above. The attributes describe the build for the Python-side checks.
+static struct PyModuleDef vllm_ascend_module = {
+    PyModuleDef_HEAD_INIT, "_C_ascend",
+    "vLLM Ascend native ops; use them through torch.ops._C_ascend.", -1, nullptr,
+};
+
+PyMODINIT_FUNC PyInit__C_ascend(void) {
+  PyObject* mod = PyModule_Create(&vllm_ascend_module);
+  if (mod == nullptr) return nullptr;
+#ifdef VLLM_ASCEND_WITH_CANN
+  const long with_cann = 1;
+#else
+  const long with_cann = 0;
+#endif
+  if (PyModule_AddObject(mod, "WITH_CANN", PyBool_FromLong(with_cann)) < 0 ||
+      PyModule_AddStringConstant(mod, "CPU_KERNEL_ISA", vllm_ascend::cpu_kernel_isa()) < 0 ||
+      PyModule_AddStringConstant(mod, "SOC_VERSION", VLLM_ASCEND_SOC_VERSION) < 0) {
+    Py_DECREF(mod);
+    return nullptr;
+  }
+  return mod;
+}
