@@ -170,7 +170,7 @@ class NPUPlatform(Platform):
         # call vllm._C / Triton kernels that do not exist here, and NPU graph capture is a
         # later step. Custom ops are all on so our register_oot layers run.
         if compilation_config.mode != CompilationMode.NONE:
-            logger.info("vllm-ascend: compilation mode %s -> NONE (eager)",
+            logger.info("vllm-ascend: compilation mode %s replaced by NONE (eager)",
                         compilation_config.mode)
         compilation_config.mode = CompilationMode.NONE
         compilation_config.cudagraph_mode = CUDAGraphMode.NONE
