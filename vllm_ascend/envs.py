@@ -7,7 +7,8 @@ a variable before use see it. Invalid values raise with the accepted ones named.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 DEVICE_CHOICES = ("auto", "npu", "cpu")
 

@@ -7,8 +7,9 @@ applied once per process by the ``register_ops`` general plugin, only while the 
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 

@@ -186,6 +186,11 @@ class NPUPlatform(Platform):
         if _DEVICE.device_type == "cpu":
             vllm_config.scheduler_config.async_scheduling = False
 
+        # vLLM's default shutdown_timeout=0 force-kills the engine core on SIGTERM, racing its
+        # own exit; NPU runtimes and HCCL need an orderly teardown to release devices.
+        if vllm_config.shutdown_timeout == 0:
+            vllm_config.shutdown_timeout = 5
+
         cache_config = vllm_config.cache_config
         if cache_config is not None and not cache_config.user_specified_block_size:
             cache_config.block_size = DEFAULT_BLOCK_SIZE

@@ -92,11 +92,11 @@ def test_bf16_divergence_from_fp32(checkpoints, model, record_property, capsys):
     bf16 = generate_once(path, prompts, MAX_TOKENS, dtype="bfloat16")
     # Divergence metric: share of positions equal before the first mismatch, per prompt.
     prefix = []
-    for a, b in zip(fp32, bf16):
-        n = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+    for a, b in zip(fp32, bf16, strict=True):
+        n = next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), len(a))
         prefix.append(n / len(a))
     agree = sum(prefix) / len(prefix)
-    first_token = sum(a[0] == b[0] for a, b in zip(fp32, bf16)) / len(prompts)
+    first_token = sum(a[0] == b[0] for a, b in zip(fp32, bf16, strict=True)) / len(prompts)
     record_property("bf16_matching_prefix_fraction", agree)
     with capsys.disabled():
         print(f"\n[metric] {model} bf16 vs fp32: matching-prefix fraction {agree:.2f}, "

@@ -45,6 +45,7 @@ def test_config_adaptation(llama, enforce_eager, chunked_prefill, tp):
     assert cfg.scheduler_config.async_scheduling is False  # CPU backend
     assert cfg.scheduler_config.enable_chunked_prefill == chunked_prefill
     assert cfg.cache_config.block_size == 128
+    assert cfg.shutdown_timeout == 5
     assert cfg.device_config.device_type == "cpu"
     assert os.environ["VLLM_USE_V2_MODEL_RUNNER"] == "0"
     assert cfg.use_v2_model_runner is False

@@ -1,15 +1,15 @@
 """CPU and fake implementations of torch_npu ops, registered under torch_npu's own namespace.
 
 Call sites use ``torch.ops.npu.<op>(...)`` on every host. On an Ascend host torch_npu has already
-defined the schema and registered its NPU kernels, so only our CPU kernel is added (it is the golden
-reference the NPU tests compare against). Without torch_npu (the CPU backend) the schema is defined
-here, text-identical to the one torch-npu 2.13.0 declares; tests/unit/kernels/test_fidelity.py checks
-that against the wheel.
+defined the schema and registered its NPU kernels, so only our CPU kernel is added (it is the
+golden reference the NPU tests compare against). Without torch_npu (the CPU backend) the schema
+is defined here, text-identical to the one torch-npu 2.13.0 declares;
+tests/unit/kernels/test_fidelity.py checks that against the wheel.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
