@@ -105,3 +105,15 @@ def test_bf16_divergence_from_fp32(checkpoints, model, record_property, capsys):
     # bf16 rounding may flip near-ties later on, but the first greedy token should agree.
     assert first_token >= 0.6, (fp32, bf16)
     assert torch.tensor(bf16).max() < vocab_of(path)
+
+
+@pytest.mark.parametrize("model", ["qwen2", "qwen3_moe"])
+def test_tensor_parallel_2_matches_hf(checkpoints, reference, model, monkeypatch):
+    # Two worker processes with gloo collectives: sharded linears, vocab-parallel embedding
+    # masking (qwen2 ties it to the LM head) and sharded experts.
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    path = checkpoints(model)
+    prompts = random_prompts(LENGTHS, vocab_of(path))
+    got = generate_once(path, prompts, MAX_TOKENS, tensor_parallel_size=2,
+                        distributed_executor_backend="mp")
+    assert got == reference(model, prompts)
