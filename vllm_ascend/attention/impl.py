@@ -6,6 +6,11 @@ K = [num_blocks, block_size, num_kv_heads, head_size] and V likewise, and binds 
 ``[num_blocks, 2, block_size, num_kv_heads, head_size]`` view of them (see
 worker/kv_cache.py). Dense halves are what both NPU ops require ("Norm" cache mode, and
 the paged (blocknum, blocksize, H) key/value format of the fused attention).
+
+Assumption where torch_npu's docs disagree: the input_layout entry lists TND without page
+attention on A2/A3, while the page-attention constraints describe both paged cache formats for a
+TND query. We follow the constraints section (one TND call serves prefill, decode and mixed
+batches); tests/npu/ checks it against the CPU reference on a real NPU.
 """
 
 from __future__ import annotations
