@@ -30,5 +30,3 @@ class AscendRotaryEmbedding(RotaryEmbedding):
         )
         return query, key
 
-    # On vLLM's own CPU platform dispatch lands on forward_cpu; use the same kernel.
-    forward_cpu = forward_oot
