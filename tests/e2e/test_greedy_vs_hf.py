@@ -35,12 +35,15 @@ def reference(checkpoints):
 
 
 @pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("block_size", [128, 16])
+@pytest.mark.parametrize("block_size", [None, 16])
 def test_mixed_batch_matches_hf(checkpoints, reference, model, block_size):
     path = checkpoints(model)
     prompts = random_prompts(LENGTHS, vocab_of(path))
-    with engine(path, block_size=block_size) as llm:
+    kwargs = {} if block_size is None else {"block_size": block_size}
+    with engine(path, **kwargs) as llm:
         got = greedy(llm, prompts, MAX_TOKENS)
+        resolved = llm.llm_engine.vllm_config.cache_config.block_size
+    assert resolved == (block_size or 128), "the platform default block size is 128"
     assert got == reference(model, prompts)
 
 
