@@ -48,6 +48,7 @@ demo: install
 	VLLM_ASCEND_DEVICE=cpu $(PY) tools/demo.py
 
 bench: install
+	PYTHON=$(PYTHON) bash benchmarks/setup_peer.sh
 	$(PY) benchmarks/run_all.py
 
 lint: install
