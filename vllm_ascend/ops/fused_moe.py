@@ -208,26 +208,30 @@ class AscendUnquantizedFusedMoEMethod(UnquantizedFusedMoEMethod):
             quant_mode=-1,
             active_expert_range=[0, num_experts],
         )
-        has_bias = self.moe.has_bias
-        # npu_grouped_matmul takes float32 bias with bfloat16 x (doc dtype table).
-        bias_dtype = torch.float32 if x.dtype == torch.bfloat16 else x.dtype
-        gate_up = torch.ops.npu.npu_grouped_matmul(
-            [expanded_x],
-            [layer.w13_weight],
-            bias=[layer.w13_bias.to(bias_dtype)] if has_bias else None,
-            group_list=tokens_per_expert,
-            split_item=2,
-            group_type=0,
-            group_list_type=1,
-        )[0]
+        bias13 = layer.w13_bias if self.moe.has_bias else None
+        bias2 = layer.w2_bias if self.moe.has_bias else None
+        gate_up = _expert_matmul(expanded_x, layer.w13_weight, bias13, tokens_per_expert)
         hidden = torch.ops.npu.npu_swiglu(gate_up, -1)  # silu(gate) * up, gate = first half
-        down = torch.ops.npu.npu_grouped_matmul(
-            [hidden],
-            [layer.w2_weight],
-            bias=[layer.w2_bias.to(bias_dtype)] if has_bias else None,
-            group_list=tokens_per_expert,
-            split_item=2,
-            group_type=0,
-            group_list_type=1,
-        )[0]
+        down = _expert_matmul(hidden, layer.w2_weight, bias2, tokens_per_expert)
         return torch.ops.npu.npu_moe_token_unpermute(down, expanded_row_idx, probs)
+
+
+def _expert_matmul(
+    rows: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    tokens_per_expert: torch.Tensor,
+) -> torch.Tensor:
+    """Rows grouped by expert (counts in tokens_per_expert) times each expert's [in, out]."""
+    if bias is not None:
+        # npu_grouped_matmul takes float32 bias with bfloat16 x (doc dtype table).
+        bias = bias.to(torch.float32 if rows.dtype == torch.bfloat16 else rows.dtype)
+    return torch.ops.npu.npu_grouped_matmul(
+        [rows],
+        [weight],
+        bias=[bias] if bias is not None else None,
+        group_list=tokens_per_expert,
+        split_item=2,
+        group_type=0,
+        group_list_type=1,
+    )[0]
