@@ -114,18 +114,9 @@ class CpuDevice:
         budget = int(envs.VLLM_ASCEND_CPU_MEMORY_GB * GiB)
         return min(budget, _host_available_bytes() + _process_rss_bytes())
 
-    @classmethod
-    def mem_get_info(cls) -> tuple[int, int]:
-        total = cls.total_memory()
-        return max(total - _process_rss_bytes(), 0), total
-
     @staticmethod
     def memory_used() -> int:
         return _process_rss_bytes()
-
-    @staticmethod
-    def empty_cache() -> None:
-        pass
 
     @staticmethod
     def manual_seed_all(seed: int) -> None:

@@ -45,17 +45,9 @@ class NpuDevice:
         return torch.npu.mem_get_info()[1]
 
     @staticmethod
-    def mem_get_info() -> tuple[int, int]:
-        return torch.npu.mem_get_info()
-
-    @staticmethod
     def memory_used() -> int:
         free, total = torch.npu.mem_get_info()
         return total - free
-
-    @staticmethod
-    def empty_cache() -> None:
-        torch.npu.empty_cache()
 
     @staticmethod
     def manual_seed_all(seed: int) -> None:
