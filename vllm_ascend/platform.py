@@ -160,6 +160,8 @@ class NPUPlatform(Platform):
         # The plugin's runner subclasses vLLM's V1 GPUModelRunner. vLLM 0.32 picks its V2 runner
         # whenever Triton imports (triton-ascend may be present on an NPU host), and V2's input
         # preparation is Triton-only, so V1 is pinned for this process and its workers.
+        if os.environ.get("VLLM_USE_V2_MODEL_RUNNER", "0").lower() in ("1", "true"):
+            logger.warning("vllm-ascend: VLLM_USE_V2_MODEL_RUNNER=1 is not supported; using V1")
         os.environ["VLLM_USE_V2_MODEL_RUNNER"] = "0"
 
         # NPU runtimes do not survive fork(); spawn on both backends keeps them identical.
@@ -177,6 +179,9 @@ class NPUPlatform(Platform):
         compilation_config.cudagraph_capture_sizes = []
         compilation_config.max_cudagraph_capture_size = 0
         if "all" not in compilation_config.custom_ops:
+            if "none" in compilation_config.custom_ops:
+                logger.warning("vllm-ascend: custom_ops 'none' replaced by 'all': the Ascend "
+                               "kernels are custom ops; disable single ops with '-<name>'")
             compilation_config.custom_ops = [
                 op for op in compilation_config.custom_ops if op != "none"
             ] + ["all"]
