@@ -193,7 +193,6 @@ def build_tiny_checkpoint() -> pathlib.Path:
     """A 1-layer, hidden-64 Llama checkpoint with the test suite's tokenizer, cached under
     ``<test cache>/bench/tiny-llama-<hash>``. Runs in the plugin's venv (needs transformers)."""
     import hashlib
-    import shutil
 
     sys.path.insert(0, str(ROOT))
     from tests import checkpoints  # the test suite's tokenizer and cache location
@@ -202,14 +201,11 @@ def build_tiny_checkpoint() -> pathlib.Path:
         [TINY_CONFIG, checkpoints.CORPUS, checkpoints.SPECIAL_TOKENS,
          checkpoints.TOKENIZER_VOCAB_SIZE], sort_keys=True).encode()).hexdigest()[:12]
     final = checkpoints.cache_root() / "bench" / f"tiny-llama-{key}"
-    if (final / "config.json").is_file():
-        return final
-    import torch
-    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=".tmp-tiny-", dir=final.parent))
-    try:
+    def build(tmp: pathlib.Path) -> None:
+        import torch
+        from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
         tok = checkpoints.build_tokenizer()
         ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                    pad_token_id=tok.pad_token_id)
@@ -219,12 +215,5 @@ def build_tiny_checkpoint() -> pathlib.Path:
         model.generation_config = GenerationConfig(**ids)
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
-        os.chmod(tmp, 0o755)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+
+    return checkpoints.build_atomically(final, build)

@@ -407,15 +407,15 @@ def _build_into(name: str, out_dir: pathlib.Path) -> None:
     tokenizer.save_pretrained(out_dir)
 
 
-def build_checkpoint(name: str) -> pathlib.Path:
-    """Return the directory of checkpoint ``name``, building it if needed."""
-    final = checkpoint_dir(name)
+def build_atomically(final: pathlib.Path, build) -> pathlib.Path:
+    """Return ``final``, first running ``build(tmp_dir)`` and renaming the result into place if
+    it has no config.json yet. Concurrent builders are safe: the first rename wins."""
     if (final / "config.json").is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=final.parent))
+    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
     try:
-        _build_into(name, tmp)
+        build(tmp)
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
         try:
             os.rename(tmp, final)
@@ -427,6 +427,11 @@ def build_checkpoint(name: str) -> pathlib.Path:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def build_checkpoint(name: str) -> pathlib.Path:
+    """Return the directory of checkpoint ``name``, building it if needed."""
+    return build_atomically(checkpoint_dir(name), lambda tmp: _build_into(name, tmp))
 
 
 def _main(argv: list[str] | None = None) -> None:
