@@ -179,10 +179,11 @@ TINY_CONFIG = dict(
     hidden_size=64,
     intermediate_size=128,
     num_hidden_layers=1,
-    # head_dim 32: the smallest head size vLLM's CPU attention supports (16 is rejected).
+    # head_dim 64: the smallest head size both the NPU's fused attention (64/128/192 in TND)
+    # and vLLM's CPU attention (the peer) accept.
     num_attention_heads=2,
     num_key_value_heads=1,
-    head_dim=32,
+    head_dim=64,
     max_position_embeddings=4096,
     rms_norm_eps=1e-5,
     tie_word_embeddings=False,

@@ -99,3 +99,14 @@ def _greedy_loop(model, input_ids: torch.Tensor, max_new_tokens: int) -> list[in
                 use_cache=True,
             )
     return generated
+
+
+def hf_logprobs(
+    model_path: str | os.PathLike, token_ids: Sequence[int], dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """Teacher-forced log-probabilities: row i is log p(next token | token_ids[: i + 1]), as a
+    float64 [len(token_ids), vocab] tensor."""
+    _, model = load_hf(model_path, dtype)
+    with torch.inference_mode():
+        logits = model(input_ids=torch.tensor([list(token_ids)])).logits[0]
+    return torch.log_softmax(logits.double(), dim=-1)

@@ -9,8 +9,9 @@ host without CANN) into a cache outside the repository, ``~/.cache/vllm-ascend-t
 * ``docs``: _op_plugin_docs.py, the op documentation.
 
 ``$VLLM_ASCEND_TORCH_NPU_DIR`` may point at an already extracted ``torch_npu`` package directory
-instead. ``reference_files()`` raises ``WheelUnavailable`` (with the reason) when neither works;
-tests turn that into a skip.
+instead. ``reference_files()`` raises ``WheelUnavailable`` (with the reason) when neither works.
+Tests then FAIL with that reason: a fidelity check that silently skips proves nothing. Only on a
+host declared offline (``VLLM_ASCEND_TEST_OFFLINE=1``) do they skip, saying so.
 """
 
 from __future__ import annotations
@@ -33,6 +34,26 @@ DOWNLOAD_TIMEOUT_S = 600
 
 class WheelUnavailable(RuntimeError):
     """The torch-npu reference files could not be obtained."""
+
+
+OFFLINE_ENV = "VLLM_ASCEND_TEST_OFFLINE"
+
+
+def require_reference_files() -> dict[str, Path]:
+    """``reference_files()`` for a test: a failure names the reason, or skips (saying so) only
+    where ``VLLM_ASCEND_TEST_OFFLINE=1`` declares the host offline."""
+    import pytest
+
+    try:
+        return reference_files()
+    except WheelUnavailable as exc:
+        if os.environ.get(OFFLINE_ENV) == "1":
+            pytest.skip(f"{OFFLINE_ENV}=1 and the torch-npu {TORCH_NPU_VERSION} reference files "
+                        f"are not cached: {exc}")
+        pytest.fail(f"torch-npu {TORCH_NPU_VERSION} reference files unavailable: {exc}. On a "
+                    f"host without package-index access, set {OFFLINE_ENV}=1 (the fidelity "
+                    "tests are then skipped) or VLLM_ASCEND_TORCH_NPU_DIR to an extracted "
+                    "torch_npu directory.", pytrace=False)
 
 
 def cache_dir() -> Path:

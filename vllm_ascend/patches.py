@@ -25,10 +25,6 @@ class Patch:
     replacement: Callable[[], Any]  # builds the new attribute value
 
 
-def _noop(*args, **kwargs) -> None:
-    return None
-
-
 def _device_attr(name: str) -> Callable[[], Any]:
     return lambda: getattr(device.current(), name)
 
@@ -36,34 +32,36 @@ def _device_attr(name: str) -> Callable[[], Any]:
 _ACCELERATOR_WHY = (
     "GPUModelRunner, the GPU worker and vLLM's shutdown cleanup "
     "(distributed.parallel_state.cleanup_dist_env_and_memory) call torch.accelerator.* "
-    "unconditionally on every non-CPU platform; on the CPU backend there is no accelerator and "
-    "these raise. Host work is synchronous, so they are no-ops there."
+    "unconditionally on every non-CPU platform. On the CPU backend there is no accelerator and "
+    "these raise; on an NPU they reach torch's generic accelerator API, which torch_npu 2.13 "
+    "does not fully back. The device layer answers on both (torch.npu on the NPU, no-ops for "
+    "the host's synchronous work)."
 )
+_REMOVE_ACCELERATOR = "vLLM routes synchronisation and cache release through Platform hooks"
 _STREAM_WHY = (
     "GPUModelRunner builds its async-output copy stream and events with torch.cuda.* by name; "
     "the device layer provides the NPU (torch.npu) or host equivalents."
 )
 _REMOVE_STREAMS = "vLLM creates streams through torch.Stream/torch.accelerator or a Platform hook"
+_BOTH = ("npu", "cpu")
 
 PATCHES: tuple[Patch, ...] = (
-    Patch("torch.accelerator.synchronize", ("cpu",), _ACCELERATOR_WHY,
-          "vLLM routes device synchronisation through a Platform hook", lambda: _noop),
-    Patch("torch.accelerator.empty_cache", ("cpu",), _ACCELERATOR_WHY,
-          "vLLM routes cache release through a Platform hook", lambda: _noop),
-    Patch("torch.accelerator.empty_host_cache", ("cpu",), _ACCELERATOR_WHY,
-          "vLLM's cleanup checks for an accelerator first", lambda: _noop),
-    Patch("torch.Event", ("cpu",),
+    Patch("torch.accelerator.synchronize", _BOTH, _ACCELERATOR_WHY, _REMOVE_ACCELERATOR,
+          _device_attr("synchronize")),
+    Patch("torch.accelerator.empty_cache", _BOTH, _ACCELERATOR_WHY, _REMOVE_ACCELERATOR,
+          _device_attr("empty_cache")),
+    Patch("torch.accelerator.empty_host_cache", _BOTH, _ACCELERATOR_WHY, _REMOVE_ACCELERATOR,
+          _device_attr("empty_host_cache")),
+    Patch("torch.Event", _BOTH,
           "GPUModelRunner records a torch.Event each step to wait for the sampled-token copy; "
-          "torch's CPU backend has no events.",
+          "torch's CPU backend has no events and torch_npu backs torch.npu.Event, not the "
+          "generic torch.Event.",
           "vLLM makes the transfer event a Platform hook", _device_attr("Event")),
-    Patch("torch.cuda.Stream", ("npu", "cpu"), _STREAM_WHY, _REMOVE_STREAMS,
-          _device_attr("Stream")),
-    Patch("torch.cuda.Event", ("npu", "cpu"), _STREAM_WHY, _REMOVE_STREAMS,
-          _device_attr("Event")),
-    Patch("torch.cuda.current_stream", ("npu", "cpu"), _STREAM_WHY, _REMOVE_STREAMS,
+    Patch("torch.cuda.Stream", _BOTH, _STREAM_WHY, _REMOVE_STREAMS, _device_attr("Stream")),
+    Patch("torch.cuda.Event", _BOTH, _STREAM_WHY, _REMOVE_STREAMS, _device_attr("Event")),
+    Patch("torch.cuda.current_stream", _BOTH, _STREAM_WHY, _REMOVE_STREAMS,
           _device_attr("current_stream")),
-    Patch("torch.cuda.stream", ("npu", "cpu"), _STREAM_WHY, _REMOVE_STREAMS,
-          _device_attr("stream")),
+    Patch("torch.cuda.stream", _BOTH, _STREAM_WHY, _REMOVE_STREAMS, _device_attr("stream")),
 )
 
 

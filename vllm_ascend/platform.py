@@ -76,8 +76,17 @@ class NPUPlatform(Platform):
 
     @classmethod
     def check_if_supports_dtype(cls, dtype: torch.dtype) -> None:
-        if dtype not in (torch.bfloat16, torch.float16, torch.float32):
-            raise ValueError(f"dtype {dtype} is not supported on Ascend; use bfloat16 or float16")
+        # The NPU's fused attention takes fp16/bf16 queries only. fp32 is the CPU backend's one
+        # deliberate relaxation: it runs the same path in fp32 for exact comparison with
+        # Hugging Face (DESIGN.md section 2).
+        allowed = (torch.bfloat16, torch.float16)
+        if _DEVICE.device_type == "cpu":
+            allowed += (torch.float32,)
+        if dtype not in allowed:
+            raise ValueError(
+                f"dtype {dtype} is not supported on Ascend {_DEVICE.device_type}: the fused "
+                "attention kernel takes float16/bfloat16; pass --dtype bfloat16 (or float16)"
+            )
 
     @classmethod
     def inference_mode(cls):
@@ -199,8 +208,43 @@ class NPUPlatform(Platform):
         cache_config = vllm_config.cache_config
         if cache_config is not None and not cache_config.user_specified_block_size:
             cache_config.block_size = DEFAULT_BLOCK_SIZE
-        if cache_config is not None and cache_config.block_size % 16 != 0:
-            raise ValueError(
-                f"block_size={cache_config.block_size} is not supported on Ascend: the paged "
-                "attention kernel needs a multiple of 16 (128 is fastest); pass --block-size 128"
-            )
+        check_attention_support(vllm_config)
+        _refuse_async_scheduling_with_speculation(vllm_config)
+
+
+def check_attention_support(vllm_config: VllmConfig) -> None:
+    """Refuse, before any weight loads, what the NPU attention kernel cannot run: the same rules
+    on both backends, so a configuration that starts on the CPU backend starts on an NPU."""
+    from vllm_ascend.attention.backend import SUPPORTED_BLOCK_SIZES, SUPPORTED_HEAD_SIZES
+
+    cache_config = vllm_config.cache_config
+    if cache_config is not None and cache_config.block_size not in SUPPORTED_BLOCK_SIZES:
+        raise ValueError(
+            f"block_size={cache_config.block_size} is not supported on Ascend: the paged fused "
+            f"attention takes blocks of {', '.join(map(str, SUPPORTED_BLOCK_SIZES))} tokens "
+            "(multiples of 128 up to 512); pass --block-size 128"
+        )
+    model_config = vllm_config.model_config
+    if model_config is None or model_config.runner_type == "pooling":
+        return
+    dtype = model_config.dtype
+    if isinstance(dtype, torch.dtype):
+        NPUPlatform.check_if_supports_dtype(dtype)
+    head_size = model_config.get_head_size()
+    if head_size not in SUPPORTED_HEAD_SIZES:
+        raise ValueError(
+            f"head size {head_size} of {model_config.model} is not supported on Ascend: the "
+            "fused attention kernel (TND layout) takes head sizes "
+            f"{', '.join(map(str, SUPPORTED_HEAD_SIZES))}"
+        )
+
+
+def _refuse_async_scheduling_with_speculation(vllm_config: VllmConfig) -> None:
+    # With async scheduling and draft tokens, the runner's host upper bound of each sequence's
+    # length counts drafts that may be rejected, so attention would read KV slots never written.
+    if vllm_config.speculative_config is not None and vllm_config.scheduler_config.async_scheduling:
+        raise ValueError(
+            "vllm-ascend does not support async scheduling together with speculative decoding "
+            "yet (the host sequence lengths over-count rejected drafts); pass "
+            "--no-async-scheduling"
+        )

@@ -46,8 +46,10 @@ def test_loads_with_expected_architecture(checkpoints, name):
     config = json.loads((path / "config.json").read_text())
     assert config["architectures"] == [EXPECTED_ARCH[name]]
     assert config["num_hidden_layers"] == 2
-    assert config["num_attention_heads"] == 4
-    assert config["num_key_value_heads"] == 2
+    # Every checkpoint has a head size the NPU's fused attention takes (64 or 128).
+    head = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    assert head == (128 if name == "qwen3" else 64)
+    assert config["num_attention_heads"] > config["num_key_value_heads"]  # GQA
     assert config["max_position_embeddings"] == 4096
     assert config["dtype"] == "bfloat16"
     assert (path / "generation_config.json").is_file()

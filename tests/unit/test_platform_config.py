@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 
 import pytest
 
@@ -54,12 +56,48 @@ def test_config_adaptation(llama, enforce_eager, chunked_prefill, tp):
 
 
 def test_user_block_size_is_kept(llama):
-    assert make_config(llama, block_size=16).cache_config.block_size == 16
+    assert make_config(llama, block_size=256).cache_config.block_size == 256
 
 
-def test_unaligned_block_size_is_refused_with_the_fix(llama):
-    with pytest.raises(Exception, match="multiple of 16"):
-        make_config(llama, block_size=24)
+@pytest.mark.parametrize("block_size", [16, 64, 192, 640])
+def test_block_size_the_npu_cannot_page_is_refused_with_the_fix(llama, block_size):
+    # torch_npu's paged fused attention: blocks of 128..512 tokens, multiples of 128.
+    with pytest.raises(ValueError, match=r"128, 256, 384, 512.*--block-size 128"):
+        make_config(llama, block_size=block_size)
+
+
+def with_config(src, tmp_path, **changes):
+    """A copy of a checkpoint whose config.json has ``changes``."""
+    dst = tmp_path / src.name
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "config.json").read_text())
+    config.update(changes)
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+@pytest.mark.parametrize("head_dim", [32, 80, 256])
+def test_head_size_the_npu_cannot_attend_is_refused(llama, tmp_path, head_dim):
+    model = with_config(llama, tmp_path, head_dim=head_dim)
+    with pytest.raises(ValueError, match=rf"head size {head_dim} .*64, 128, 192"):
+        make_config(model)
+
+
+def test_head_size_192_is_accepted(llama, tmp_path):
+    model = with_config(llama, tmp_path, head_dim=192)
+    assert make_config(model).model_config.get_head_size() == 192
+
+
+def test_async_scheduling_with_speculative_decoding_is_refused(llama):
+    from vllm_ascend.platform import _refuse_async_scheduling_with_speculation
+
+    cfg = make_config(llama, speculative_config={"method": "ngram", "num_speculative_tokens": 2,
+                                                 "prompt_lookup_max": 3})
+    assert cfg.scheduler_config.async_scheduling is False  # the CPU backend runs synchronously
+    _refuse_async_scheduling_with_speculation(cfg)  # synchronous: accepted
+    cfg.scheduler_config.async_scheduling = True  # as on an NPU, where vLLM enables it
+    with pytest.raises(ValueError, match="--no-async-scheduling"):
+        _refuse_async_scheduling_with_speculation(cfg)
 
 
 def test_attention_backend_is_ours(llama):
@@ -75,3 +113,20 @@ def test_unsupported_dtype_is_refused():
 
     with pytest.raises(ValueError, match="bfloat16"):
         current_platform.check_if_supports_dtype(torch.float64)
+
+
+def test_fp32_is_the_cpu_backends_relaxation_only(monkeypatch):
+    import torch
+
+    from vllm_ascend import platform
+    from vllm_ascend.device.cpu import CpuDevice
+
+    platform.NPUPlatform.check_if_supports_dtype(torch.float32)  # CPU backend: allowed
+
+    class NpuLike(CpuDevice):  # the device layer as an NPU host reports itself
+        device_type = "npu"
+
+    monkeypatch.setattr(platform, "_DEVICE", NpuLike)
+    with pytest.raises(ValueError, match="npu.*--dtype bfloat16"):
+        platform.NPUPlatform.check_if_supports_dtype(torch.float32)
+    platform.NPUPlatform.check_if_supports_dtype(torch.bfloat16)

@@ -11,9 +11,17 @@ from vllm.v1.kv_cache_interface import KVCacheLayout
 from vllm_ascend.attention.impl import AscendAttentionImpl
 from vllm_ascend.attention.metadata import AscendAttentionMetadataBuilder
 
+# What torch_npu's npu_fused_infer_attention_score accepts for the one call this backend makes
+# (TND query, paged KV): head dims 64/128/192 in TND layout (CANN's tiling check for TND), and
+# blocks of 128..512 tokens in multiples of 128 (doc entry, page-attention constraints). The
+# platform validates a model against these before any weight is loaded.
+SUPPORTED_HEAD_SIZES = (64, 128, 192)
+SUPPORTED_BLOCK_SIZES = (128, 256, 384, 512)
+
 
 class AscendAttentionBackend(AttentionBackend):
-    # fp32 is for the CPU backend's reference runs; on an NPU use bf16/fp16.
+    # fp32 is for the CPU backend's reference runs; on an NPU use bf16/fp16 (the platform
+    # refuses fp32 there).
     supported_dtypes: ClassVar[list[torch.dtype]] = [torch.float16, torch.bfloat16, torch.float32]
     forward_includes_kv_cache_update = True
 
@@ -32,8 +40,11 @@ class AscendAttentionBackend(AttentionBackend):
 
     @staticmethod
     def get_supported_kernel_block_sizes(kv_cache_spec=None) -> list[int | MultipleOf]:
-        # The paged fused attention needs 16-aligned blocks (128 recommended).
-        return [MultipleOf(16)]
+        return list(SUPPORTED_BLOCK_SIZES)
+
+    @classmethod
+    def get_supported_head_sizes(cls) -> list[int]:
+        return list(SUPPORTED_HEAD_SIZES)
 
     @classmethod
     def get_preferred_block_size(cls, default_block_size: int) -> int:

@@ -98,8 +98,10 @@ class AscendAttentionImpl(AttentionImpl[AscendAttentionMetadata]):
                 cache_mode="Norm",
             )
         num_blocks, block_size = key_cache.shape[:2]
+        # vLLM hands the query as a view of the fused qkv projection (token stride qkv_size);
+        # the fused attention does not take a non-contiguous query.
         attn_out, _ = torch.ops.npu.npu_fused_infer_attention_score(
-            query[:n],
+            query[:n].contiguous(),
             key_cache.view(num_blocks, block_size, -1),
             value_cache.view(num_blocks, block_size, -1),
             atten_mask=attn_metadata.attn_mask,

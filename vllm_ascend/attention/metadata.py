@@ -54,19 +54,39 @@ class AscendAttentionMetadataBuilder(AttentionMetadataBuilder[AscendAttentionMet
         fast_build: bool = False,
     ) -> AscendAttentionMetadata:
         m = common_attn_metadata
-        num_reqs = m.num_reqs
         seq_lens_cpu = m.seq_lens_cpu_upper_bound
         if seq_lens_cpu is None:
             raise RuntimeError(
                 "vllm-ascend attention needs the runner's host copy of seq_lens "
                 "(CommonAttentionMetadata.seq_lens_cpu_upper_bound)"
             )
+        cu_query_lens = m.query_start_loc_cpu[1 : m.num_reqs + 1].tolist()
+        num_reqs, num_tokens = unpadded_batch(cu_query_lens)
         return AscendAttentionMetadata(
-            num_actual_tokens=m.num_actual_tokens,
-            slot_mapping=m.slot_mapping[: m.num_actual_tokens],
+            num_actual_tokens=num_tokens,
+            slot_mapping=m.slot_mapping[:num_tokens],
             block_table=m.block_table_tensor[:num_reqs],
             attn_mask=self.attn_mask,
-            cu_query_lens=m.query_start_loc_cpu[1 : num_reqs + 1].tolist(),
+            cu_query_lens=cu_query_lens[:num_reqs],
             seq_lens=seq_lens_cpu[:num_reqs].tolist(),
             max_query_len=m.max_query_len,
         )
+
+
+def unpadded_batch(cu_query_lens: list[int]) -> tuple[int, int]:
+    """(requests, tokens) of the real batch inside a padded one.
+
+    vLLM pads a step for data parallelism (every rank runs the same token count) and for graph
+    capture: padding requests have empty queries (their cumulative length repeats the last real
+    one), padding tokens sit after the last real token, and their slots are -1. The fused
+    attention's TND layout needs the query's token count to equal the last cumulative length,
+    and a negative slot must never reach the KV scatter, so attention runs on the real prefix
+    only; the padding rows of its output are never read.
+    """
+    if not cu_query_lens:
+        return 0, 0
+    num_tokens = cu_query_lens[-1]
+    num_reqs = len(cu_query_lens)
+    while num_reqs > 1 and cu_query_lens[num_reqs - 2] == num_tokens:
+        num_reqs -= 1
+    return num_reqs, num_tokens

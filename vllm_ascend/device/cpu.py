@@ -93,7 +93,15 @@ class CpuDevice:
         pass
 
     @staticmethod
-    def synchronize() -> None:
+    def synchronize(device=None) -> None:
+        pass
+
+    @staticmethod
+    def empty_cache() -> None:
+        pass
+
+    @staticmethod
+    def empty_host_cache() -> None:
         pass
 
     @staticmethod

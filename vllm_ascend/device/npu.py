@@ -6,6 +6,18 @@ import torch
 import torch_npu  # noqa: F401  (registers torch.npu and the PrivateUse1 "npu" device)
 
 
+class NpuRuntimeNotInitialised(RuntimeError):
+    """A memory query from a process that has not set an NPU device (by design: no context)."""
+
+
+def _require_initialised(what: str) -> None:
+    if not torch.npu.is_initialized():
+        raise NpuRuntimeNotInitialised(
+            f"vllm-ascend: NPU {what} is only queried in a process that set its device; this "
+            "process (e.g. the API server) creates no NPU context"
+        )
+
+
 class NpuDevice:
     """The device layer's NPU backend: thin forwards to torch.npu."""
 
@@ -25,8 +37,17 @@ class NpuDevice:
         torch.npu.set_device(device)
 
     @staticmethod
-    def synchronize() -> None:
-        torch.npu.synchronize()
+    def synchronize(device=None) -> None:
+        torch.npu.synchronize(device)
+
+    @staticmethod
+    def empty_cache() -> None:
+        torch.npu.empty_cache()
+
+    @staticmethod
+    def empty_host_cache() -> None:
+        # torch_npu 2.13 exposes no call that releases its pinned-host cache; nothing to do.
+        return None
 
     @staticmethod
     def current_stream():
@@ -42,10 +63,16 @@ class NpuDevice:
 
     @staticmethod
     def total_memory() -> int:
+        # mem_get_info() initialises the NPU runtime (a device context on the current device).
+        # vLLM also asks from its API-server process, which never runs a model: a context there
+        # would hold NPU 0 and shrink rank 0's measured free memory. Only a process that has
+        # already set its device answers; vLLM's frontend catches this and keeps its defaults.
+        _require_initialised("total memory")
         return torch.npu.mem_get_info()[1]
 
     @staticmethod
     def memory_used() -> int:
+        _require_initialised("memory in use")
         free, total = torch.npu.mem_get_info()
         return total - free
 

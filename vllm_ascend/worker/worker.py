@@ -16,6 +16,7 @@ from vllm.v1.worker.worker_base import CompilationTimes
 
 from vllm_ascend import device
 from vllm_ascend.logger import init_logger
+from vllm_ascend.worker.device_index import dp_shifted_local_rank
 from vllm_ascend.worker.model_runner import NPUModelRunner
 
 logger = init_logger(__name__)
@@ -25,7 +26,15 @@ class NPUWorker(Worker):
     def init_device(self) -> None:
         # vLLM's GPU worker raises here for any device but cuda.
         dev = device.current()
+        self.local_rank = dp_shifted_local_rank(self.parallel_config, self.local_rank)
         if dev.device_type == "npu":
+            visible = dev.device_count()
+            if self.local_rank >= visible:
+                raise RuntimeError(
+                    f"vllm-ascend: worker local rank {self.local_rank} (data-parallel rank "
+                    f"included) needs NPU {self.local_rank}, but only {visible} are visible; "
+                    "check ASCEND_RT_VISIBLE_DEVICES and the parallel sizes"
+                )
             self.device = torch.device(f"npu:{self.local_rank}")
             dev.set_device(self.device)
         else:
