@@ -11,6 +11,10 @@
 
 #include "ops.h"
 
+#if defined(VLLM_ASCEND_WITH_CANN) && defined(VLLM_ASCEND_ASCENDC_OPT_OUT)
+#error "VLLM_ASCEND_ASCENDC_OPT_OUT (a CPU-only build by choice) contradicts VLLM_ASCEND_WITH_CANN"
+#endif
+
 // Schemas. Keep in sync with vllm_ascend/kernels/extension.py (EXPECTED_SCHEMAS): the Python side
 // refuses to use an extension whose registered schemas differ (a stale build).
 TORCH_LIBRARY(_C_ascend, m) {
@@ -75,7 +79,15 @@ PyMODINIT_FUNC PyInit__C_ascend(void) {
 #else
   const long with_cann = 0;
 #endif
+  // Built CPU-only on purpose (setup.py, VLLM_ASCEND_BUILD_ASCENDC=0): on an NPU the Python side
+  // then serves the ops through torch compositions instead of refusing the build as incomplete.
+#ifdef VLLM_ASCEND_ASCENDC_OPT_OUT
+  const long ascendc_opt_out = 1;
+#else
+  const long ascendc_opt_out = 0;
+#endif
   if (PyModule_AddObject(mod, "WITH_CANN", PyBool_FromLong(with_cann)) < 0 ||
+      PyModule_AddObject(mod, "ASCENDC_OPT_OUT", PyBool_FromLong(ascendc_opt_out)) < 0 ||
       PyModule_AddStringConstant(mod, "CPU_KERNEL_ISA", vllm_ascend::cpu_kernel_isa()) < 0 ||
       PyModule_AddStringConstant(mod, "SOC_VERSION", VLLM_ASCEND_SOC_VERSION) < 0) {
     Py_DECREF(mod);

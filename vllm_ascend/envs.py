@@ -39,18 +39,20 @@ def _float(name: str, default: float) -> Callable[[], float]:
     return read
 
 
-def _flag(name: str, default: bool) -> Callable[[], bool]:
-    def read() -> bool:
-        raw = os.environ.get(name, "").strip().lower()
-        if raw == "":
-            return default
-        if raw in ("1", "true", "yes", "on"):
-            return True
-        if raw in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"{name}={raw!r} is not a boolean; use 1 or 0")
+def parse_flag(name: str, raw: str | None, default: bool) -> bool:
+    """One spelling of booleans for every variable (setup.py reads its build flag with it too)."""
+    raw = (raw or "").strip().lower()
+    if raw == "":
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={raw!r} is not a boolean; use 1 or 0")
 
-    return read
+
+def _flag(name: str, default: bool) -> Callable[[], bool]:
+    return lambda: parse_flag(name, os.environ.get(name), default)
 
 
 _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
@@ -69,6 +71,14 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
     "VLLM_ASCEND_LOG_FALLBACKS": (
         _flag("VLLM_ASCEND_LOG_FALLBACKS", True),
         "Log (once each) every fallback from a fused kernel to a slower path. Default on.",
+    ),
+    "VLLM_ASCEND_BUILD_ASCENDC": (
+        _flag("VLLM_ASCEND_BUILD_ASCENDC", True),
+        "Build time (read by setup.py, not by the running plugin). 1 (default): build the Ascend "
+        "C kernels wherever CANN is found; a failure stops the install and names the build log. "
+        "0: build the CPU kernels only, even with CANN present; the module records the choice "
+        "and on an NPU the _C_ascend ops then run as slower torch/torch_npu compositions "
+        "(announced once at start-up) instead of the build being refused as incomplete.",
     ),
 }
 

@@ -2,9 +2,20 @@
 // kernels (ascend/kernels/*.cpp). Plain integers only, so the same header compiles for the host
 // (g++) and the AI core (bisheng). The host fills a struct, passes its fields to the kernel as
 // scalar launch arguments, and each kernel rebuilds the struct on the core.
+//
+// Every function that kernel code calls carries __aicore__: bisheng rejects a call from an
+// __aicore__ function to a host-only one, and constexpr functions are qualified too rather than
+// relying on a compiler treating them as callable from both sides. Host compiles that see no
+// Ascend C header (g++ building ascend/host/npu_ops.cpp) get an empty definition of the
+// qualifier. The host harness (tests/ascendc) checks this with a device-mode compile of each
+// kernel, in which a missing qualifier is an error.
 #pragma once
 
 #include <stdint.h>
+
+#if !defined(__aicore__) && !defined(__CCE_AICORE__) && !defined(__CCE_KT_TEST__)
+#define __aicore__
+#endif
 
 namespace vllm_ascend::ascend {
 
@@ -12,7 +23,7 @@ constexpr int32_t kBufferNum = 2;         // double buffering of every in/out qu
 constexpr int32_t kBlockBytes = 32;       // DataCopy / vector operands: 32-byte granularity
 constexpr int64_t kUbBudgetBytes = 160 * 1024;  // of the 192 KiB UB on Atlas A2; rest is headroom
 
-inline constexpr int64_t align_up(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
+__aicore__ inline constexpr int64_t align_up(int64_t v, int64_t a) { return (v + a - 1) / a * a; }
 
 // Token split across AI cores: the first `former_cores` cores take `former_tokens` tokens each,
 // the rest `former_tokens - 1` (so every core gets a contiguous range, sizes differ by <= 1).
@@ -21,7 +32,7 @@ struct TokenSplit {
   int64_t former_cores;
   int64_t former_tokens;
 
-  inline void range(int64_t core, int64_t& start, int64_t& count) const {
+  __aicore__ inline void range(int64_t core, int64_t& start, int64_t& count) const {
     if (core < former_cores) {
       start = core * former_tokens;
       count = former_tokens;
@@ -32,6 +43,7 @@ struct TokenSplit {
   }
 };
 
+// Host only (the launchers call it).
 inline TokenSplit split_tokens(int64_t num_tokens, int64_t max_cores) {
   TokenSplit s{};
   s.num_cores = num_tokens < max_cores ? num_tokens : max_cores;
@@ -94,6 +106,17 @@ struct MaskTiling {
 };
 
 // ---- add_rms_norm_dynamic_quant -------------------------------------------------------------------
+// The weight is passed as fp32 whatever the activation dtype (as the CPU kernel reads it), so a
+// fp32 weight with bf16 activations is not rounded to bf16 on the way.
+constexpr int64_t kAddRmsNormScaleBlock = 512;  // per-row scales staged in UB per copy out
+
+// fp32 work area of ReduceSum / ReduceMax over a row of hidden_aligned floats: the device keeps
+// one partial (ReduceMax: a value and an index) per 256-byte repeat, then reduces those again;
+// four words per repeat plus two spare blocks cover every level.
+__aicore__ inline constexpr int64_t add_rms_norm_work_floats(int64_t hidden_aligned) {
+  return align_up(4 * ((hidden_aligned + 63) / 64) + 64, 8);
+}
+
 struct AddRmsNormQuantTiling {
   int64_t num_rows;
   int64_t hidden;

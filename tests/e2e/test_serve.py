@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from concurrent.futures import ThreadPoolExecutor
 
 import openai
@@ -82,7 +83,21 @@ def test_over_long_prompt_is_a_400_naming_the_limit(client, server):
     assert ok.usage.completion_tokens == 2
 
 
+# vLLM 0.32's own shutdown race (vllm-project/vllm#48745, fix proposed in #49000): AsyncLLM tears
+# the engine client down before cancelling its output handler, so the handler sometimes logs the
+# client's EngineDeadError poison pill with a traceback after a clean shutdown. Only that exact
+# block, after the client reported its shutdown complete, is tolerated; any other traceback fails.
+_VLLM_SHUTDOWN_RACE = re.compile(
+    r"\[shutdown\] MPClient: complete\n"
+    r"(?:.*\[async_llm\.py:\d+\] AsyncLLM output_handler failed\.\n)"
+    r"(?:.*\[async_llm\.py:\d+\] .*\n)*?"
+    r".*\[async_llm\.py:\d+\] vllm\.v1\.engine\.exceptions\.EngineDeadError: .*\n"
+)
+
+
 def test_zz_clean_shutdown_on_sigterm(server):
     # Defined last: pytest runs a module's tests in definition order.
     assert server.stop() == 0, server.output()
-    assert "Traceback" not in server.output()
+    output = server.output()
+    assert "[shutdown] EngineCore: exiting busy loop" in output, output
+    assert "Traceback" not in _VLLM_SHUTDOWN_RACE.sub("[shutdown] MPClient: complete\n", output)

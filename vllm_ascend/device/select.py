@@ -13,6 +13,7 @@ import logging
 import os
 
 from vllm_ascend import envs
+from vllm_ascend.device import host_checks
 
 # Under "vllm." so that vLLM's logging configuration prints it.
 logger = logging.getLogger("vllm." + __name__)
@@ -28,17 +29,34 @@ class NpuUnavailable(RuntimeError):
     """The host has no usable Ascend NPU; the message names what is missing."""
 
 
+class HostMisconfigured(RuntimeError):
+    """torch_npu and CANN are installed but do not fit together (CANN version, driver, torch-npu
+    version): the message is one line naming the fix. Raised before torch_npu is imported."""
+
+
+def check_ascend_software() -> None:
+    """Raise HostMisconfigured when the Ascend software stack does not fit torch-npu 2.13.0."""
+    report = host_checks.check_host(os.environ)
+    if report.problems:
+        first = report.problems[0].line()
+        more = len(report.problems) - 1
+        tail = f" (and {more} more: run python -m vllm_ascend.doctor)" if more else ""
+        raise HostMisconfigured(first + tail)
+
+
 def probe_npu() -> int:
-    """Number of usable NPUs; raises NpuUnavailable naming what is missing."""
+    """Number of usable NPUs; raises NpuUnavailable naming what is missing, or HostMisconfigured
+    when torch_npu and CANN are present but do not match."""
     if importlib.util.find_spec("torch_npu") is None:
         raise NpuUnavailable(
             "torch_npu is not installed (on a host with CANN: pip install 'vllm-ascend[npu]')"
         )
-    if not (os.environ.get("ASCEND_HOME_PATH") or os.environ.get("ASCEND_TOOLKIT_HOME")):
+    if not host_checks.toolkit_home(os.environ):
         raise NpuUnavailable(
-            "CANN is not set up: ASCEND_HOME_PATH is unset "
-            "(source /usr/local/Ascend/ascend-toolkit/set_env.sh)"
+            f"CANN is not set up: ASCEND_HOME_PATH is unset ({host_checks.SET_ENV})"
         )
+    # Before importing torch_npu: one built for another CANN can crash the interpreter on import.
+    check_ascend_software()
     try:
         import torch
         import torch_npu  # noqa: F401  (registers torch.npu)
@@ -80,6 +98,10 @@ def active_backend() -> str | None:
         try:
             probe_npu()
             backend = "npu"
+        except HostMisconfigured as exc:
+            # torch_npu and CANN are installed: this is meant to be an NPU host, so say why it
+            # cannot be one instead of silently leaving the plugin inactive.
+            raise SystemExit(f"vllm-ascend: {exc}") from None
         except NpuUnavailable as exc:
             if requested == "npu":
                 raise SystemExit(f"vllm-ascend: VLLM_ASCEND_DEVICE=npu but {exc}") from None

@@ -1,5 +1,7 @@
 """Kernel layer, Python side: CPU/fake implementations of the torch_npu ops the plugin calls, and
-the compiled ``_C_ascend`` extension. ``load()`` is idempotent and runs in every process."""
+the compiled ``_C_ascend`` extension (with, for a build that opted out of Ascend C, the torch
+compositions in ``composed.py`` serving its ops on the NPU). ``load()`` is idempotent and runs in
+every process."""
 
 from __future__ import annotations
 
@@ -12,4 +14,6 @@ def load() -> None:
     # golden references the NPU tests compare against (torch_npu owns the schemas there).
     from vllm_ascend.kernels import extension, npu_ops  # noqa: F401
 
+    # On an NPU host: the Ascend C kernels, or the compositions (announced once) for a build made
+    # with VLLM_ASCEND_BUILD_ASCENDC=0; an accidental CPU-only build is an error here.
     extension.load()

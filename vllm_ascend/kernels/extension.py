@@ -6,7 +6,10 @@ Ascend C kernels under PrivateUse1 when CANN was present at build time. Call the
 ``ops()`` (the ``torch.ops._C_ascend`` namespace) after ``load()``.
 
 A missing or stale extension is an error, never a silent fallback to slower code: the message
-names the build log and the rebuild command.
+names the build log and the rebuild command. So is an extension without the Ascend C kernels on
+an NPU host, unless it was built that way on purpose (``VLLM_ASCEND_BUILD_ASCENDC=0``, recorded
+in the module as ``ASCENDC_OPT_OUT``): then the ops are served on the NPU by the torch
+compositions in ``composed.py``, and start-up says so once (``npu_kernel_source``).
 """
 
 from __future__ import annotations
@@ -44,6 +47,13 @@ EXPECTED_SCHEMAS: dict[str, str] = {
 }
 
 REBUILD_COMMAND = "pip install --no-build-isolation -e .  (or: make install)"
+# Build-time variable (setup.py) choosing a CPU-only build on purpose; see envs.py.
+OPT_OUT_VARIABLE = "VLLM_ASCEND_BUILD_ASCENDC"
+
+# Where the NPU's _C_ascend kernels come from (npu_kernel_source).
+ASCENDC = "ascendc"  # the Ascend C kernels compiled into the extension
+COMPOSED = "composed"  # torch compositions (kernels/composed.py), build opted out of Ascend C
+NOT_NEEDED = "not-needed"  # no NPU in this process (the CPU backend)
 
 
 class ExtensionError(RuntimeError):
@@ -52,6 +62,7 @@ class ExtensionError(RuntimeError):
 
 _lock = threading.Lock()
 _module: ModuleType | None = None
+_composed_announced = False
 
 
 def build_log_path() -> Path:
@@ -106,14 +117,61 @@ def _check_schemas() -> None:
         raise _error("stale build, its ops differ from this source tree: " + "; ".join(details))
 
 
+def npu_kernel_source(*, need_npu: bool, with_cann: bool, ascendc_opt_out: bool) -> str:
+    """Decide what serves the ``_C_ascend`` ops on the NPU; raise for an incomplete build.
+
+    ``need_npu``: this process drives an NPU. ``with_cann`` / ``ascendc_opt_out``: the module's
+    build record (``WITH_CANN``, ``ASCENDC_OPT_OUT``). A CPU-only build that was not an explicit
+    opt-out (CANN not found at build time, an old build) is refused on an NPU host.
+    """
+    if not need_npu:
+        return NOT_NEEDED
+    if with_cann:
+        return ASCENDC
+    if ascendc_opt_out:
+        return COMPOSED
+    raise _error(
+        "was built without CANN, so it has no NPU kernels. Set ASCEND_HOME_PATH (source "
+        "CANN's set_env.sh) before building; or, to run the ops as slower torch compositions "
+        f"on purpose, rebuild with {OPT_OUT_VARIABLE}=0"
+    )
+
+
+COMPOSED_WARNING = (
+    "vllm-ascend: the native extension was built without its Ascend C kernels on purpose "
+    f"({OPT_OUT_VARIABLE}=0), so on the NPU the _C_ascend ops (rotary_embedding, "
+    "get_masked_input_and_mask, add_rms_norm_dynamic_quant) run as compositions of torch / "
+    "torch_npu ops: several kernel launches and fp32 intermediates per call instead of one "
+    "fused kernel, which makes every layer slower. For the fused kernels rebuild with CANN "
+    f"(source set_env.sh) and without {OPT_OUT_VARIABLE}=0: {REBUILD_COMMAND}"
+)
+
+
+def _serve_composed() -> None:
+    """Register the compositions under the NPU's dispatch key and warn, once per process.
+    Called with ``_lock`` held."""
+    global _composed_announced
+    from vllm_ascend.kernels import composed
+
+    composed.register()
+    if not _composed_announced:
+        from vllm_ascend.logger import init_logger
+
+        init_logger(__name__).warning(COMPOSED_WARNING)
+        _composed_announced = True
+
+
 def load(require_npu_kernels: bool | None = None) -> ModuleType:
     """Import the extension once, validate it, and return the module.
 
-    ``require_npu_kernels``: demand the Ascend C (PrivateUse1) kernels; by default demanded on an
-    NPU host (see ``npu_host``). The CPU kernels are always built, so on the CPU backend a
-    missing extension is an error as well.
+    ``require_npu_kernels``: this process needs the ops on the NPU (PrivateUse1); by default
+    on an NPU host (see ``npu_host``). They are the Ascend C kernels, or the torch compositions
+    for a build that opted out of them (see ``npu_kernel_source``). The CPU kernels are always
+    built, so on the CPU backend a missing extension is an error as well.
     """
     global _module
+    if require_npu_kernels is None:
+        require_npu_kernels = npu_host()
     with _lock:
         if _module is None:
             try:
@@ -122,14 +180,14 @@ def load(require_npu_kernels: bool | None = None) -> ModuleType:
                 raise _error(f"cannot be imported ({exc})") from exc
             _check_schemas()
             _module = module
-    if require_npu_kernels is None:
-        require_npu_kernels = npu_host()
-    if require_npu_kernels and not getattr(_module, "WITH_CANN", False):
-        raise _error(
-            "was built without CANN, so it has no NPU kernels. Set ASCEND_HOME_PATH (source "
-            "CANN's set_env.sh) before building"
+        source = npu_kernel_source(
+            need_npu=require_npu_kernels,
+            with_cann=bool(getattr(_module, "WITH_CANN", False)),
+            ascendc_opt_out=bool(getattr(_module, "ASCENDC_OPT_OUT", False)),
         )
-    return _module
+        if source == COMPOSED:
+            _serve_composed()
+        return _module
 
 
 def ops():
@@ -152,6 +210,8 @@ def build_info() -> dict[str, object]:
     return {
         "path": os.fspath(module.__file__ or ""),
         "with_cann": bool(module.WITH_CANN),
+        "ascendc_opt_out": bool(getattr(module, "ASCENDC_OPT_OUT", False)),
+        "npu_ops_composed": _composed_announced,
         "cpu_kernel_isa": module.CPU_KERNEL_ISA,
         "soc_version": module.SOC_VERSION,
     }

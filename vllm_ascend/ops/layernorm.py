@@ -1,9 +1,13 @@
-"""RMSNorm through torch_npu's fused kernels (npu_rms_norm / npu_add_rms_norm)."""
+"""RMSNorm variants through torch_npu's fused kernels (npu_rms_norm / npu_add_rms_norm).
+
+``AscendRMSNorm`` replaces vLLM's ``RMSNorm`` (y = w * x / rms(x)); ``AscendGemmaRMSNorm`` replaces
+``GemmaRMSNorm`` (y = (1 + w) * x / rms(x), the scale formed in float32 as vLLM does).
+"""
 
 from __future__ import annotations
 
 import torch
-from vllm.model_executor.layers.layernorm import RMSNorm
+from vllm.model_executor.layers.layernorm import GemmaRMSNorm, RMSNorm
 
 from vllm_ascend.ops.fallback import log_fallback_once
 
@@ -24,3 +28,24 @@ class AscendRMSNorm(RMSNorm):
             x, residual, self.weight, self.variance_epsilon
         )
         return y, summed
+
+
+class AscendGemmaRMSNorm(GemmaRMSNorm):
+    """vLLM computes ``x_normalised * (1 + w)`` in float32 and rounds once to x's dtype. The
+    kernels take gamma in x's dtype (doc entry ``npu_rms_norm``), so for that exactness the scale
+    ``1 + w`` stays float32 and half-precision inputs are normalised in float32 (a cast in, a
+    cast out) instead of rounding ``1 + w`` to bfloat16/float16."""
+
+    def forward_oot(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        gamma = self.weight.float() + 1.0
+        if residual is None:
+            y, _rstd = torch.ops.npu.npu_rms_norm(x.float(), gamma, self.variance_epsilon)
+            return y.to(x.dtype)
+        # vLLM: the sum formed in float32 is normalised unrounded; the residual stream it returns
+        # is that sum rounded to x's dtype.
+        y, _rstd, summed = torch.ops.npu.npu_add_rms_norm(
+            x.float(), residual.float(), gamma, self.variance_epsilon
+        )
+        return y.to(x.dtype), summed.to(x.dtype)

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "ops.h"
+#include "tiling_host.h"
 #include "tiling.h"
 #include "torch_npu/csrc/core/npu/NPUStream.h"
 #include "torch_npu/csrc/framework/OpCommand.h"
@@ -71,33 +72,8 @@ at::Tensor rotary_tables(const at::Device& device, int64_t head_size, int64_t ro
   if (it != cache.end()) return it->second;
 
   const int64_t e = tile_elems;
-  const int64_t half = rot_dim / 2;
   std::vector<int32_t> host(asc::kRotaryTables * e);
-  for (int64_t i = 0; i < e; ++i) {
-    const int64_t h = i / head_size;
-    const int64_t j = i % head_size;
-    int64_t cos_idx = rot_dim, sin_idx = rot_dim + 1, partner = i;  // pass-through defaults
-    float sign = 0.f;
-    if (h < heads_per_tile && j < rot_dim) {
-      int64_t c, pj;
-      if (is_neox) {
-        c = j % half;
-        pj = j < half ? j + half : j - half;
-        sign = j < half ? -1.f : 1.f;
-      } else {
-        c = j / 2;
-        pj = j ^ 1;
-        sign = (j % 2 == 0) ? -1.f : 1.f;
-      }
-      cos_idx = c;
-      sin_idx = half + c;
-      partner = h * head_size + pj;
-    }
-    host[0 * e + i] = static_cast<int32_t>(cos_idx * sizeof(float));  // Gather: byte offsets
-    host[1 * e + i] = static_cast<int32_t>(sin_idx * sizeof(float));
-    host[2 * e + i] = static_cast<int32_t>(partner * sizeof(float));
-    std::memcpy(&host[3 * e + i], &sign, sizeof(float));
-  }
+  asc::build_rotary_tables(head_size, rot_dim, is_neox, heads_per_tile, tile_elems, host.data());
   at::Tensor cpu = at::from_blob(host.data(), {asc::kRotaryTables * e}, at::kInt).clone();
   at::Tensor dev = cpu.to(device);
   cache.emplace(key, dev);
@@ -107,22 +83,20 @@ at::Tensor rotary_tables(const at::Device& device, int64_t head_size, int64_t ro
 void rotary_dense(const at::Tensor& positions, at::Tensor& query,
                   const std::optional<at::Tensor>& key, const RotaryGeometry& g,
                   const at::Tensor& cache, bool is_neox) {
-  const int64_t elem = query.element_size();
-  const int64_t max_heads = std::max(g.q.num_heads, g.k.num_heads);
-  // Fixed UB: staged positions, the cos|sin row (T and fp32).
-  const int64_t fixed = 256 * 8 + asc::align_up(g.rot_dim, 32) * (elem + 4) + 64;
-  const int64_t max_elems = (asc::kUbBudgetBytes - fixed) / asc::rotary_bytes_per_elem(elem);
-  TORCH_CHECK(max_elems >= g.head_size, "rotary_embedding (NPU): head_size ", g.head_size,
+  asc::RotaryTiling t{};
+  TORCH_CHECK(asc::make_rotary_tiling(g.num_tokens, g.q.num_heads, g.k.num_heads, g.head_size,
+                                      g.rot_dim, g.q.token_stride, g.k.token_stride,
+                                      g.cache_stride, query.element_size(),
+                                      vector_core_count(query.device().index()), &t),
+              "rotary_embedding (NPU): head_size ", g.head_size,
               " does not fit the on-chip buffer");
-  const int64_t heads_per_tile = std::max<int64_t>(1, std::min(max_heads, max_elems / g.head_size));
-  const int64_t tile_elems = asc::align_up(heads_per_tile * g.head_size, 8);
   const at::Tensor tables =
-      rotary_tables(query.device(), g.head_size, g.rot_dim, is_neox, heads_per_tile, tile_elems);
-  const asc::TokenSplit split = asc::split_tokens(g.num_tokens, vector_core_count(query.device().index()));
+      rotary_tables(query.device(), g.head_size, g.rot_dim, is_neox, t.heads_per_tile,
+                    t.tile_elems);
 
   at::Tensor q = query;
   at::Tensor k = key.has_value() ? *key : at::Tensor();
-  const int64_t nk = key.has_value() ? g.k.num_heads : 0;
+  const int64_t nk = t.num_k_heads;
   const auto dtype = query.scalar_type();
   at::Tensor pos = positions;
   at::Tensor cs = cache;
@@ -132,11 +106,11 @@ void rotary_dense(const at::Tensor& positions, at::Tensor& query,
   cmd.SetCustomHandler([=]() -> int {
     void* kp = nk > 0 ? ptr(k) : nullptr;
     const auto launch = [&](auto fn, const char* name) {
-      check_launch(fn(static_cast<uint32_t>(split.num_cores), stream, ptr(pos), ptr(q), kp,
-                      ptr(cs), ptr(tables), g.num_tokens, g.q.num_heads, nk, g.head_size,
-                      g.rot_dim, g.q.token_stride, nk > 0 ? g.k.token_stride : 0,
-                      g.cache_stride, heads_per_tile, tile_elems, split.num_cores,
-                      split.former_cores, split.former_tokens),
+      check_launch(fn(static_cast<uint32_t>(t.num_cores), stream, ptr(pos), ptr(q), kp,
+                      ptr(cs), ptr(tables), t.num_tokens, t.num_q_heads, t.num_k_heads,
+                      t.head_size, t.rot_dim, t.q_token_stride, t.k_token_stride,
+                      t.cache_stride, t.heads_per_tile, t.tile_elems, t.num_cores,
+                      t.former_cores, t.former_tokens),
                    name);
     };
     if (dtype == at::kBFloat16) {
@@ -192,23 +166,19 @@ std::tuple<at::Tensor, at::Tensor> get_masked_input_and_mask_npu(
   at::Tensor mask = at::empty(input.sizes(), input.options().dtype(at::kBool));
   const int64_t n = in.numel();
   if (n == 0) return {masked, mask};
-  // At least 32 ids per core; tiles of up to 4096 ids (int64 in + int64 out + mask, x2 buffers).
-  const int64_t cores = std::min(vector_core_count(input.device().index()), (n + 31) / 32);
-  const asc::TokenSplit split = asc::split_tokens(n, cores);
-  const int64_t ids_per_tile = asc::align_up(std::min<int64_t>(split.former_tokens, 4096), 32);
-  const int64_t added_offset =
-      added_vocab_start_index - (org_vocab_end_index - org_vocab_start_index) -
-      num_org_vocab_padding;
+  const asc::MaskTiling t = asc::make_mask_tiling(
+      n, org_vocab_start_index, org_vocab_end_index, num_org_vocab_padding,
+      added_vocab_start_index, added_vocab_end_index, vector_core_count(input.device().index()));
   const bool is_i64 = in.scalar_type() == at::kLong;
   aclrtStream stream = c10_npu::getCurrentNPUStream().stream();
   at_npu::native::OpCommand cmd;
   cmd.Name("vllm_ascend_get_masked_input_and_mask");
   cmd.SetCustomHandler([=]() -> int {
     const auto launch = [&](auto fn, const char* name) {
-      check_launch(fn(static_cast<uint32_t>(split.num_cores), stream, ptr(in), ptr(masked),
-                      ptr(mask), n, org_vocab_start_index, org_vocab_end_index,
-                      added_vocab_start_index, added_vocab_end_index, added_offset,
-                      ids_per_tile, split.num_cores, split.former_cores, split.former_tokens),
+      check_launch(fn(static_cast<uint32_t>(t.num_cores), stream, ptr(in), ptr(masked),
+                      ptr(mask), t.num_ids, t.org_start, t.org_end, t.added_start, t.added_end,
+                      t.added_offset, t.ids_per_tile, t.num_cores, t.former_cores,
+                      t.former_tokens),
                    name);
     };
     if (is_i64) {
@@ -229,7 +199,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> add_rms_norm_dynamic_quant_npu(
   check_add_rms_norm_quant_args(x, residual, weight);
   const at::Tensor xc = x.contiguous();
   const at::Tensor rc = residual.contiguous();
-  const at::Tensor wc = weight.to(x.scalar_type()).contiguous();
+  const at::Tensor wc = weight.to(at::kFloat).contiguous();  // the kernel reads fp32 weights
   at::Tensor y = at::empty(x.sizes(), x.options().dtype(at::kChar));
   at::Tensor scale = at::empty(x.sizes().slice(0, x.dim() - 1), x.options().dtype(at::kFloat));
   at::Tensor residual_out = at::empty(x.sizes(), x.options());
@@ -237,29 +207,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> add_rms_norm_dynamic_quant_npu(
   const int64_t rows = hidden == 0 ? 0 : x.numel() / hidden;
   if (rows == 0) return {y, scale, residual_out};
 
-  const int64_t ha = asc::align_up(hidden, 32);
-  const int64_t elem = x.element_size();
-  // UB per buffered row: x|residual in (2T), residual out (T), int8 out; fixed: weight in (T),
-  // three fp32 rows, reduce work, scales.
-  const int64_t per_buffer = ha * (3 * elem + 1);
-  const int64_t fixed = ha * (elem + 12) + asc::align_up(ha / 8 + 64, 8) * 4 + 32 + 1024 * 4;
-  int64_t buffer_num = 2;
-  if (fixed + 2 * per_buffer > asc::kUbBudgetBytes) buffer_num = 1;
-  TORCH_CHECK(fixed + buffer_num * per_buffer <= asc::kUbBudgetBytes,
+  asc::AddRmsNormQuantTiling t{};
+  TORCH_CHECK(asc::make_add_rms_norm_quant_tiling(rows, hidden, x.element_size(),
+                                                  static_cast<float>(epsilon),
+                                                  vector_core_count(x.device().index()), &t),
               "add_rms_norm_dynamic_quant (NPU): hidden size ", hidden,
               " does not fit the on-chip buffer; use the unfused RMSNorm + quantisation path");
-  const asc::TokenSplit split = asc::split_tokens(rows, vector_core_count(x.device().index()));
-  const float eps = static_cast<float>(epsilon);
-  const float inv_hidden = 1.0f / static_cast<float>(hidden);
   const auto dtype = x.scalar_type();
   aclrtStream stream = c10_npu::getCurrentNPUStream().stream();
   at_npu::native::OpCommand cmd;
   cmd.Name("vllm_ascend_add_rms_norm_dynamic_quant");
   cmd.SetCustomHandler([=]() -> int {
     const auto launch = [&](auto fn, const char* name) {
-      check_launch(fn(static_cast<uint32_t>(split.num_cores), stream, ptr(xc), ptr(rc), ptr(wc),
-                      ptr(y), ptr(scale), ptr(residual_out), rows, hidden, ha, eps, inv_hidden,
-                      buffer_num, split.num_cores, split.former_cores, split.former_tokens),
+      check_launch(fn(static_cast<uint32_t>(t.num_cores), stream, ptr(xc), ptr(rc), ptr(wc),
+                      ptr(y), ptr(scale), ptr(residual_out), t.num_rows, t.hidden,
+                      t.hidden_aligned, t.epsilon, t.inv_hidden, t.buffer_num, t.num_cores,
+                      t.former_cores, t.former_tokens),
                    name);
     };
     if (dtype == at::kBFloat16) {

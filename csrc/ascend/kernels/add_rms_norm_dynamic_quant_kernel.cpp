@@ -5,6 +5,7 @@
 // reads it back (plus a second launch). Here each row goes GM -> UB once (x and residual), and
 // only the products leave: the new residual (T), the int8 row and one fp32 scale.
 //
+// The weight arrives in fp32 (the launcher converts it), loaded once per core.
 // Rows are split across AI cores (TokenSplit); per row:
 //   s = float(x) + float(residual)            -> residual_out = T(s)
 //   y = s * rsqrt(mean(s^2) + eps) * weight   (fp32 throughout)
@@ -21,7 +22,7 @@ using vllm_ascend::ascend::TokenSplit;
 
 namespace {
 
-constexpr int64_t kScaleBlock = 1024;  // per-row scales staged in UB before one copy out
+constexpr int64_t kScaleBlock = vllm_ascend::ascend::kAddRmsNormScaleBlock;
 
 template <typename T>
 class AddRmsNormQuantKernel {
@@ -37,7 +38,7 @@ class AddRmsNormQuantKernel {
     const int64_t h = t_.hidden;
     x_gm_.SetGlobalBuffer((__gm__ T*)x + row_start_ * h);
     res_gm_.SetGlobalBuffer((__gm__ T*)residual + row_start_ * h);
-    w_gm_.SetGlobalBuffer((__gm__ T*)weight, h);
+    w_gm_.SetGlobalBuffer((__gm__ float*)weight, h);
     y_gm_.SetGlobalBuffer((__gm__ int8_t*)y + row_start_ * h);
     scale_gm_.SetGlobalBuffer((__gm__ float*)scale + row_start_);
     res_out_gm_.SetGlobalBuffer((__gm__ T*)residual_out + row_start_ * h);
@@ -47,11 +48,11 @@ class AddRmsNormQuantKernel {
     pipe_.InitBuffer(in_q_, nbuf, 2 * ha * sizeof(T));  // x row | residual row
     pipe_.InitBuffer(res_out_q_, nbuf, ha * sizeof(T));
     pipe_.InitBuffer(y_q_, nbuf, ha * sizeof(int8_t));
-    pipe_.InitBuffer(w_q_, 1, ha * sizeof(T));
     pipe_.InitBuffer(sum_buf_, ha * sizeof(float));
     pipe_.InitBuffer(tmp_buf_, ha * sizeof(float));
     pipe_.InitBuffer(w_buf_, ha * sizeof(float));
-    pipe_.InitBuffer(work_buf_, vllm_ascend::ascend::align_up(ha / 8 + 64, 8) * sizeof(float));
+    pipe_.InitBuffer(work_buf_,
+                     vllm_ascend::ascend::add_rms_norm_work_floats(ha) * sizeof(float));
     pipe_.InitBuffer(red_buf_, 8 * sizeof(float));
     pipe_.InitBuffer(scale_buf_, kScaleBlock * sizeof(float));
   }
@@ -76,15 +77,14 @@ class AddRmsNormQuantKernel {
   }
 
  private:
+  // The fp32 weight row goes straight into its compute buffer; the vector unit reads it only
+  // after the copy has landed.
   __aicore__ inline void LoadWeight() {
-    AscendC::LocalTensor<T> w = w_q_.AllocTensor<T>();
-    AscendC::DataCopyExtParams params{1, static_cast<uint32_t>(t_.hidden * sizeof(T)), 0, 0, 0};
-    AscendC::DataCopyPadExtParams<T> pad{false, 0, 0, 0};
-    AscendC::DataCopyPad(w, w_gm_, params, pad);
-    w_q_.EnQue(w);
-    w = w_q_.DeQue<T>();
-    ToFloat(w_buf_.Get<float>(), w, t_.hidden);
-    w_q_.FreeTensor(w);
+    AscendC::DataCopyExtParams params{1, static_cast<uint32_t>(t_.hidden * sizeof(float)), 0, 0,
+                                      0};
+    AscendC::DataCopyPadExtParams<float> pad{false, 0, 0, 0};
+    AscendC::DataCopyPad(w_buf_.Get<float>(), w_gm_, params, pad);
+    Sync<AscendC::HardEvent::MTE2_V>();
   }
 
   __aicore__ inline void CopyIn(int64_t row) {
@@ -170,10 +170,11 @@ class AddRmsNormQuantKernel {
     y_q_.FreeTensor(q);
   }
 
+  // fp32 "casts" multiply by 1 (adding 0 would turn -0.0 into +0.0).
   __aicore__ inline void ToFloat(const AscendC::LocalTensor<float>& dst,
                                  const AscendC::LocalTensor<T>& src, uint32_t n) {
-    if constexpr (std::is_same_v<T, float>) {
-      AscendC::Adds(dst, src, 0.0f, n);
+    if constexpr (AscendC::IsSameType<T, float>::value) {
+      AscendC::Muls(dst, src, 1.0f, n);
     } else {
       AscendC::Cast(dst, src, AscendC::RoundMode::CAST_NONE, n);
     }
@@ -181,8 +182,8 @@ class AddRmsNormQuantKernel {
 
   __aicore__ inline void FromFloat(const AscendC::LocalTensor<T>& dst,
                                    const AscendC::LocalTensor<float>& src, uint32_t n) {
-    if constexpr (std::is_same_v<T, float>) {
-      AscendC::Adds(dst, src, 0.0f, n);
+    if constexpr (AscendC::IsSameType<T, float>::value) {
+      AscendC::Muls(dst, src, 1.0f, n);
     } else {
       AscendC::Cast(dst, src, AscendC::RoundMode::CAST_RINT, n);
     }
@@ -202,10 +203,10 @@ class AddRmsNormQuantKernel {
   AscendC::TQue<AscendC::QuePosition::VECIN, kBufferNum> in_q_;
   AscendC::TQue<AscendC::QuePosition::VECOUT, kBufferNum> res_out_q_;
   AscendC::TQue<AscendC::QuePosition::VECOUT, kBufferNum> y_q_;
-  AscendC::TQue<AscendC::QuePosition::VECIN, 1> w_q_;
   AscendC::TBuf<AscendC::TPosition::VECCALC> sum_buf_, tmp_buf_, w_buf_, work_buf_, red_buf_,
       scale_buf_;
-  AscendC::GlobalTensor<T> x_gm_, res_gm_, w_gm_, res_out_gm_;
+  AscendC::GlobalTensor<T> x_gm_, res_gm_, res_out_gm_;
+  AscendC::GlobalTensor<float> w_gm_;
   AscendC::GlobalTensor<int8_t> y_gm_;
   AscendC::GlobalTensor<float> scale_gm_;
 };

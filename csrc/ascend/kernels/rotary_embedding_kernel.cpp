@@ -170,10 +170,11 @@ class RotaryKernel {
     out_q_.FreeTensor(y);
   }
 
+  // fp32 "casts" multiply by 1 (adding 0 would turn -0.0 into +0.0).
   __aicore__ inline void ToFloat(const AscendC::LocalTensor<float>& dst,
                                  const AscendC::LocalTensor<T>& src, int64_t n) {
-    if constexpr (std::is_same_v<T, float>) {
-      AscendC::Adds(dst, src, 0.0f, static_cast<uint32_t>(n));
+    if constexpr (AscendC::IsSameType<T, float>::value) {
+      AscendC::Muls(dst, src, 1.0f, static_cast<uint32_t>(n));
     } else {
       AscendC::Cast(dst, src, AscendC::RoundMode::CAST_NONE, static_cast<uint32_t>(n));
     }
@@ -181,8 +182,8 @@ class RotaryKernel {
 
   __aicore__ inline void FromFloat(const AscendC::LocalTensor<T>& dst,
                                    const AscendC::LocalTensor<float>& src, int64_t n) {
-    if constexpr (std::is_same_v<T, float>) {
-      AscendC::Adds(dst, src, 0.0f, static_cast<uint32_t>(n));
+    if constexpr (AscendC::IsSameType<T, float>::value) {
+      AscendC::Muls(dst, src, 1.0f, static_cast<uint32_t>(n));
     } else {
       AscendC::Cast(dst, src, AscendC::RoundMode::CAST_RINT, static_cast<uint32_t>(n));
     }

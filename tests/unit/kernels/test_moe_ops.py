@@ -147,7 +147,7 @@ def test_init_routing_v2(dtype, n, k, e, active_range, active_num):
     ref_x, ref_src_to_dst, ref_order, ref_counts, ref_scale = _ref_init_routing(
         x, expert_idx, e, start, end, active_num, scale
     )
-    for tokens_type in (0, 1, 2):
+    for tokens_type in (1, 2):  # the only modes the NPU kernel implements (doc)
         out = OPS.npu_moe_init_routing_v2(
             x, expert_idx, expert_tokens_num_type=tokens_type, **kwargs
         )
@@ -156,9 +156,7 @@ def test_init_routing_v2(dtype, n, k, e, active_range, active_num):
         assert torch.equal(expanded_x.double(), ref_x)  # a pure copy: exact
         assert row_idx.dtype == torch.int32 and row_idx.tolist() == ref_src_to_dst
         assert tokens.dtype == torch.int64
-        if tokens_type == 0:
-            assert tokens.tolist() == torch.tensor(ref_counts).cumsum(0).tolist()
-        elif tokens_type == 1:
+        if tokens_type == 1:
             assert tokens.tolist() == ref_counts
         else:
             pairs = [[start + i, c] for i, c in enumerate(ref_counts) if c > 0]
@@ -172,19 +170,24 @@ def test_init_routing_v2(dtype, n, k, e, active_range, active_num):
             OPS.npu_moe_init_routing_v2, x, expert_idx, expert_tokens_num_type=tokens_type, **kwargs
         ) == _shapes(out)
     # scatter-type index: the inverse permutation for the emitted rows
-    _, inv, _, _ = OPS.npu_moe_init_routing_v2(x, expert_idx, row_idx_type=1, **kwargs)
+    _, inv, _, _ = OPS.npu_moe_init_routing_v2(
+        x, expert_idx, row_idx_type=1, expert_tokens_num_type=1, **kwargs
+    )
     assert inv[: len(ref_order)].tolist() == ref_order
     assert (inv[len(ref_order) :] == -1).all()
 
 
 def test_init_routing_v2_unsupported_modes():
     x, idx = torch.randn(4, 8), torch.zeros(4, 2, dtype=torch.int32)
+    ok = dict(expert_tokens_num_type=1, expert_tokens_num_flag=True)
     with pytest.raises(NotImplementedError, match="quant_mode=1"):
-        OPS.npu_moe_init_routing_v2(x, idx, expert_num=4, quant_mode=1)
+        OPS.npu_moe_init_routing_v2(x, idx, expert_num=4, quant_mode=1, **ok)
     with pytest.raises(NotImplementedError, match="drop_pad_mode=1"):
-        OPS.npu_moe_init_routing_v2(x, idx, expert_num=4, drop_pad_mode=1, expert_capacity=4)
-    with pytest.raises(ValueError):
-        OPS.npu_moe_init_routing_v2(x, idx)  # expert_num is required (> 0)
+        OPS.npu_moe_init_routing_v2(
+            x, idx, expert_num=4, drop_pad_mode=1, expert_capacity=4, **ok
+        )
+    with pytest.raises(ValueError, match="expert_num"):
+        OPS.npu_moe_init_routing_v2(x, idx, **ok)  # expert_num is required (> 0)
 
 
 # ---- npu_grouped_matmul ---------------------------------------------------------------------
@@ -204,7 +207,9 @@ def _ref_gmm(x, w, counts, bias):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("counts", [[5], [3, 0, 4, 1], [0, 0, 7, 0], [40, 0, 130, 2, 0, 90, 1, 0]])
+@pytest.mark.parametrize(
+    "counts", [[5, 2], [3, 0, 4, 1], [0, 0, 7, 0], [40, 0, 130, 2, 0, 90, 1, 0]]
+)
 @pytest.mark.parametrize("group_list_type", [0, 1])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_grouped_matmul(dtype, counts, group_list_type, with_bias):
@@ -212,7 +217,9 @@ def test_grouped_matmul(dtype, counts, group_list_type, with_bias):
     m, k, n, e = sum(counts), 24, 40, len(counts)
     x = torch.randn(m, k).to(dtype)
     w = (torch.randn(e, k, n) / k**0.5).to(dtype)
-    bias = torch.randn(e, n) if with_bias else None
+    # bias dtype per the doc's table: float16 with float16 x, float32 otherwise
+    bias_dtype = torch.float16 if dtype == torch.float16 else torch.float32
+    bias = torch.randn(e, n).to(bias_dtype) if with_bias else None
     counts_t = torch.tensor(counts, dtype=torch.int64)
     group_list = counts_t if group_list_type == 1 else counts_t.cumsum(0)
     kwargs = dict(
@@ -234,12 +241,18 @@ def test_grouped_matmul(dtype, counts, group_list_type, with_bias):
 def test_grouped_matmul_split_item_3_and_uncovered_rows():
     torch.manual_seed(3)
     x, w = torch.randn(10, 8), torch.randn(3, 8, 4)
-    gl = torch.tensor([2, 2, 3])  # covers 7 of 10 rows
     (y,) = OPS.npu_grouped_matmul(
-        [x], [w], group_list=gl, split_item=3, group_type=0, group_list_type=1
+        [x], [w], group_list=torch.tensor([2, 5, 3]), split_item=3, group_type=0,
+        group_list_type=1,
     )
-    _close(y[:7], _ref_gmm(x[:7], w, [2, 2, 3], None), torch.float32)
-    assert (y[7:] == 0).all()
+    _close(y, _ref_gmm(x, w, [2, 5, 3], None), torch.float32)
+    # the doc: the groups must cover every row of x (sum of counts == M), neither fewer...
+    with pytest.raises(ValueError, match="covers 7 rows"):
+        OPS.npu_grouped_matmul(
+            [x], [w], group_list=torch.tensor([2, 2, 3]), split_item=3, group_type=0,
+            group_list_type=1,
+        )
+    # ...nor more
     with pytest.raises(ValueError, match="covers"):
         OPS.npu_grouped_matmul(
             [x],

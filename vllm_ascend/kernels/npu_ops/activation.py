@@ -22,9 +22,14 @@ def npu_swiglu(self: torch.Tensor, dim: int = -1) -> torch.Tensor:
     along ``dim`` is rejected (the meta function would floor it, leaving the split undefined).
     """
     if self.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise TypeError(f"npu_swiglu: x must be float16, bfloat16 or float32, got {self.dtype}")
+        raise TypeError(f"npu_swiglu: x must be float16, bfloat16 or float32, got {self.dtype} "
+                        "(doc: npu_swiglu 'x' dtype)")
+    if not 1 <= self.dim() <= 8:
+        raise ValueError(f"npu_swiglu: x must have 1..8 dims, got shape {tuple(self.shape)} "
+                         "(doc: npu_swiglu 'x' shape)")
     size = self.size(dim)
     if size % 2:
-        raise ValueError(f"npu_swiglu: size {size} of dim {dim} must be even")
+        raise ValueError(f"npu_swiglu: size {size} of dim {dim} must be even (split into halves "
+                         "A and B; doc: npu_swiglu formula)")
     a, b = self.float().split(size // 2, dim=dim)
     return (torch.nn.functional.silu(a) * b).to(self.dtype)

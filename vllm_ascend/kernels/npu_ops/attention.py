@@ -16,12 +16,17 @@ Covered (doc entry ``npu_fused_infer_attention_score`` of torch-npu 2.13.0):
 * ``sparse_mode`` 0 (optional full ``atten_mask``; with a mask, ``pre_tokens``/``next_tokens``
   bound a band whose origin is the top-left corner), 1 (full mask, required), 2 (left-up causal),
   3 (right-down causal) and 4 (band with ``pre_tokens``/``next_tokens`` from the bottom-right
-  corner, i.e. a sliding window). Modes 2-4 require the compressed 2048x2048 mask, whose values
-  are not read: the doc makes the caller guarantee it is the lower-triangular template.
+  corner, i.e. a sliding window). Modes 2-4 require the compressed 2048x2048 mask; the doc makes
+  the caller guarantee it is the triangular template, and this kernel checks that it is (once per
+  mask tensor and version).
   "Right-down" means query row i of a sequence with q_len query and kv_len kv tokens sits at kv
   position kv_len - q_len + i (the queries are the LAST tokens of the kv sequence);
 * ``softmax_lse_flag``: LSE (natural log, of the scaled and masked scores) as float32
   [B, N, S, 1] or [T, N, 1] for TND; otherwise the meta function's placeholder, an empty [0].
+
+Strict: every input constraint the doc (or, where it is silent, CANN's kernel) states for Atlas
+A2/A3 is enforced and a violation raises naming it (see "NPU input constraints" below), so a call
+that passes here is legal on an NPU. The one relaxation: float32 inputs on CPU tensors.
 
 Mask values: True/1 = masked (not attended). Everything is computed in float32 and the output is
 returned in the query dtype. Everything quantisation-, rope-, prefix-, padding- or pse-related
@@ -31,6 +36,7 @@ raises NotImplementedError naming the argument.
 from __future__ import annotations
 
 import math
+import weakref
 
 import torch
 
@@ -86,6 +92,97 @@ _SCHEMA = (
 
 def _err(msg: str) -> str:
     return f"npu_fused_infer_attention_score: {msg}"
+
+
+# ----------------------------------------------------------------------------------------------
+# NPU input constraints (Atlas A2/A3). Each violation raises naming the constraint and where the
+# doc states it: ``doc:`` is torch-npu 2.13.0's _op_plugin_docs.py entry
+# npu_fused_infer_attention_score (parameter name or constraint section), ``CANN:`` a check of
+# the CANN kernel that the torch doc omits. Every check here reads host values only (shapes,
+# dtypes, the SymInt[] length lists); the mask contents check is cached per mask tensor.
+# ----------------------------------------------------------------------------------------------
+
+_DOC = "doc: npu_fused_infer_attention_score"
+_NPU_DTYPES = (torch.float16, torch.bfloat16)
+MAX_GROUP = 64  # num_heads / num_key_value_heads
+MAX_HEADS = 256
+MAX_BATCH = 65536
+MAX_HEAD_DIM = 512
+MAX_IFA_KV_S = 262144
+MAX_PAGED_H = 65535  # KV_N * D of a (blocknum, blocksize, H) cache
+MAX_BLOCK_SIZE = 512
+# CANN's PromptFlashAttention tiling (CheckInputShapeWhenLayoutIsTND) for layout TND: q/k/v head
+# dims all 64, 128 or 192, or q/k 192 with v 128. The torch doc omits it; its error text is quoted
+# in vllm-project/vllm-ascend PR #9632 (head_dim 256 rejected) and issue #8045.
+TND_HEAD_DIMS = ((64, 64), (128, 128), (192, 192), (192, 128))
+
+
+def _violation(msg: str, where: str) -> str:
+    return _err(f"{msg} ({_DOC}: {where})")
+
+
+def _require(cond: bool, msg: str, where: str, exc: type[Exception] = ValueError) -> None:
+    if not cond:
+        raise exc(_violation(msg, where))
+
+
+def _check_dtype(name: str, t: torch.Tensor) -> None:
+    if t.dtype in _NPU_DTYPES:
+        return
+    # CPU relaxation: float32 is not an NPU dtype of this op (query: float16/bfloat16/int8), but
+    # the CPU backend keeps it for exact comparison with Hugging Face; only on CPU tensors.
+    if t.dtype == torch.float32 and t.device.type == "cpu":
+        return
+    if t.dtype in (torch.int8, torch.int32):
+        raise NotImplementedError(_violation(
+            f"{name} dtype {t.dtype} (quantised attention) is not implemented on CPU",
+            f"'{name}'"))
+    raise TypeError(_violation(f"{name} must be float16 or bfloat16 (float32 on the CPU "
+                               f"backend only), got {t.dtype}", f"'{name}' dtype"))
+
+
+def _check_contiguous(name: str, t: torch.Tensor | None) -> None:
+    if t is not None and not t.is_contiguous():
+        raise ValueError(_violation(
+            f"{name} must be contiguous (stride {tuple(t.stride())} for shape "
+            f"{tuple(t.shape)})", f"'{name}': non-contiguous tensors are not supported"))
+
+
+def _check_mask_dtype(mask: torch.Tensor) -> None:
+    if mask.dtype not in (torch.bool, torch.int8, torch.uint8):
+        raise TypeError(_violation(f"atten_mask must be bool, int8 or uint8, got {mask.dtype}",
+                                   "'atten_mask' dtype"))
+
+
+# Masks whose contents were verified: weak reference -> version counter at verification time.
+# The engine passes the same mask every step, so the O(2048^2) comparison runs once.
+_VERIFIED_MASKS: list[tuple[weakref.ref, int]] = []
+_MAX_VERIFIED = 8
+_TEMPLATE: torch.Tensor | None = None
+
+
+def _compressed_template() -> torch.Tensor:
+    global _TEMPLATE
+    if _TEMPLATE is None:
+        n = COMPRESSED_MASK_SIZE
+        _TEMPLATE = torch.triu(torch.ones(n, n, dtype=torch.bool), diagonal=1)
+    return _TEMPLATE
+
+
+def _check_compressed_contents(mask: torch.Tensor) -> None:
+    version = mask._version
+    for ref, ver in _VERIFIED_MASKS:
+        if ref() is mask and ver == version:
+            return
+    plane = mask.reshape(COMPRESSED_MASK_SIZE, COMPRESSED_MASK_SIZE) != 0
+    if not torch.equal(plane, _compressed_template()):
+        raise ValueError(_violation(
+            "the compressed atten_mask of sparse_mode 2/3/4 must be the 2048x2048 template: "
+            "masked (True/1) exactly above the diagonal, i.e. torch.triu(ones, diagonal=1)",
+            "'sparse_mode'/constraints: the caller must guarantee the mask is lower-triangular"))
+    _VERIFIED_MASKS[:] = [(r, v) for r, v in _VERIFIED_MASKS if r() is not None and r() is not mask]
+    _VERIFIED_MASKS.append((weakref.ref(mask), version))
+    del _VERIFIED_MASKS[:-_MAX_VERIFIED]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -170,10 +267,10 @@ def _per_batch(values, batch: int, default: int, name: str) -> list[int]:
     elif len(values) >= batch:
         values = values[:batch]
     else:
-        raise ValueError(_err(f"{name} has {len(values)} entries for batch {batch} "
-                              "(need 1 or >= batch)"))
+        raise ValueError(_violation(f"{name} has {len(values)} entries for batch {batch} "
+                                    "(need 1 or >= batch)", f"'{name}' lengths"))
     if any(v < 0 for v in values):
-        raise ValueError(_err(f"{name} must be non-negative, got {values}"))
+        raise ValueError(_violation(f"{name} must be non-negative, got {values}", f"'{name}'"))
     return values
 
 
@@ -185,9 +282,14 @@ def _cumulative(values, name: str, total: int) -> tuple[list[int], list[int]]:
     starts = [0] + ends[:-1]
     lengths = [e - s for s, e in zip(starts, ends, strict=False)]
     if any(n < 0 for n in lengths) or (ends and ends[0] < 0):
-        raise ValueError(_err(f"{name} must be non-decreasing and non-negative, got {ends}"))
-    if ends and ends[-1] > total:
-        raise ValueError(_err(f"{name} ends at {ends[-1]} but the tensor has {total} tokens"))
+        raise ValueError(_violation(f"{name} must be non-decreasing and non-negative, got {ends}",
+                                    f"'{name}' (TND: cumulative lengths)"))
+    # T is by definition the sum of all sequence lengths, so the last cumulative entry is T.
+    if (ends[-1] if ends else 0) != total:
+        raise ValueError(_violation(
+            f"{name} ends at {ends[-1] if ends else 0} but the tensor has T={total} tokens "
+            "(the last cumulative length must equal T)",
+            f"'{name}' (TND) and the definition of T as the sum of all sequence lengths"))
     return starts, lengths
 
 
@@ -238,8 +340,8 @@ def _full_mask(mask: torch.Tensor, batch: int, q_s: int, tnd: bool) -> torch.Ten
         raise NotImplementedError(_err(
             "a full atten_mask with layout TND is not implemented (the doc allows TND only with "
             "sparse_mode 0 without mask, or 3/4 with the compressed mask)"))
-    if mask.dtype not in (torch.bool, torch.int8, torch.uint8):
-        raise TypeError(_err(f"atten_mask must be bool, int8 or uint8, got {mask.dtype}"))
+    _check_mask_dtype(mask)
+    _check_contiguous("atten_mask", mask)
     m = mask != 0
     if m.dim() == 2:
         # (B, KV_S) when Q_S is 1, else (Q_S, KV_S).
@@ -252,14 +354,32 @@ def _full_mask(mask: torch.Tensor, batch: int, q_s: int, tnd: bool) -> torch.Ten
                           "(B,1,Q_S,KV_S), (1,1,Q_S,KV_S), (Q_S,KV_S) or (B,KV_S) for Q_S=1"))
 
 
+def _check_block_ids(block_table: torch.Tensor, need: list[int], n_blocks: int) -> None:
+    """The block ids a sequence uses (its first ceil(kv_len / block_size) entries) must name
+    cache blocks: the NPU kernel does not validate them (the caller must), the CPU one does."""
+    if max(need, default=0) == 0:
+        return
+    used = torch.arange(block_table.shape[1]) < torch.tensor(need)[:, None]
+    ids = block_table[used]
+    lo, hi = int(ids.min()), int(ids.max())
+    _require(lo >= 0 and hi < n_blocks,
+             f"block_table names block ids in [{lo}, {hi}] for used blocks, the cache has "
+             f"{n_blocks} blocks", "page attention: block ids are not validated, the caller must "
+             "guarantee them", IndexError)
+
+
 def _check_compressed(mask: torch.Tensor | None, sparse_mode: int) -> None:
     n = COMPRESSED_MASK_SIZE
     if mask is None:
         raise ValueError(_err(f"sparse_mode {sparse_mode} requires the compressed {n}x{n} "
                               "atten_mask"))
     if tuple(mask.shape) not in ((n, n), (1, n, n), (1, 1, n, n)):
-        raise ValueError(_err(f"sparse_mode {sparse_mode} requires atten_mask of shape ({n},{n}), "
-                              f"(1,{n},{n}) or (1,1,{n},{n}), got {tuple(mask.shape)}"))
+        raise ValueError(_violation(
+            f"sparse_mode {sparse_mode} requires atten_mask of shape ({n},{n}), (1,{n},{n}) or "
+            f"(1,1,{n},{n}), got {tuple(mask.shape)}", "'atten_mask' shapes for sparse_mode 2/3/4"))
+    _check_mask_dtype(mask)
+    _check_contiguous("atten_mask", mask)
+    _check_compressed_contents(mask)
 
 
 @npu_op(_SCHEMA, fake=_fia_fake)
@@ -296,27 +416,34 @@ def npu_fused_infer_attention_score(
         if args[name] != 0:
             raise NotImplementedError(_err(f"argument {name}={args[name]} is not implemented "
                                            "on CPU"))
-    if inner_precise not in (0, 1, 2, 3):
-        raise ValueError(_err(f"inner_precise must be 0..3, got {inner_precise}"))
+    _require(inner_precise in (0, 1, 2, 3), f"inner_precise must be 0..3, got {inner_precise}",
+             "'inner_precise'")
     if sparse_mode not in (0, 1, 2, 3, 4):
         raise NotImplementedError(_err(f"sparse_mode {sparse_mode} is not implemented "
                                        "(supported: 0, 1, 2, 3, 4)"))
     for name, t in (("query", query), ("key", key), ("value", value)):
-        if t.dtype not in _FLOAT_DTYPES:
-            raise NotImplementedError(_err(
-                f"{name} dtype {t.dtype} is not implemented (int8/int4 quantised attention)"))
+        _check_dtype(name, t)
     if key.dtype != query.dtype or value.dtype != query.dtype:
-        raise TypeError(_err(f"query/key/value dtypes differ: {query.dtype}, {key.dtype}, "
-                             f"{value.dtype}"))
+        raise TypeError(_violation(
+            f"query/key/value dtypes differ: {query.dtype}, {key.dtype}, {value.dtype}",
+            "'key'/'value' (unquantised: the query's dtype)"))
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        _check_contiguous(name, t)
+    # The doc defines scale as 1/sqrt(d): a positive finite number.
+    _require(math.isfinite(scale) and scale > 0, f"scale must be positive and finite, got {scale}",
+             "'scale' (the reciprocal of sqrt(d))")
 
     paged = block_table is not None
     q_layout, out_layout, out_shape, lse_shape = _out_shapes(
         query, value, num_heads, input_layout, num_key_value_heads, paged)
     kv_heads = num_key_value_heads or num_heads
-    if num_heads % kv_heads:
-        raise ValueError(_err(f"num_heads {num_heads} is not a multiple of num_key_value_heads "
-                              f"{kv_heads}"))
+    _require(num_heads % kv_heads == 0, f"num_heads {num_heads} is not a multiple of "
+             f"num_key_value_heads {kv_heads}", "'num_key_value_heads'")
     group = num_heads // kv_heads
+    _require(group <= MAX_GROUP, f"num_heads / num_key_value_heads = {group} exceeds {MAX_GROUP}",
+             "'num_key_value_heads'")
+    _require(num_heads <= MAX_HEADS, f"num_heads {num_heads} exceeds {MAX_HEADS}",
+             "constraints: N <= 256")
 
     # ---- query as flat rows [R, N, D] plus per-sequence (start, length) ----
     tnd = q_layout == "TND"
@@ -334,35 +461,85 @@ def npu_fused_infer_attention_score(
         # The doc: actual_seq_lengths is void when Q_S is 1.
         q_lens = _per_batch(None if q_s == 1 else actual_seq_lengths, batch, q_s,
                             "actual_seq_lengths")
-        if any(n > q_s for n in q_lens):
-            raise ValueError(_err(f"actual_seq_lengths {q_lens} exceed the query S {q_s}"))
-    if n_q != num_heads:
-        raise ValueError(_err(f"query has {n_q} heads but num_heads is {num_heads}"))
+        _require(all(n <= q_s for n in q_lens),
+                 f"actual_seq_lengths {q_lens} exceed the query S {q_s}", "'actual_seq_lengths'")
+    _require(n_q == num_heads, f"query has {n_q} heads but num_heads is {num_heads}",
+             "'num_heads'")
+    # The PromptFlashAttention branch serves Q_S > 1 and (CANN) every TND query; the
+    # IncreFlashAttention branch Q_S = 1.
+    prompt = tnd or q_s > 1
+    _require(input_layout != "BNSD_BSND" or prompt, "input_layout BNSD_BSND needs Q_S > 1",
+             "'input_layout': BNSD_BSND only for Q_S > 1")
+    _require(prompt or inner_precise in (0, 1),
+             f"inner_precise {inner_precise} with Q_S = 1 (only 0 or 1)", "'inner_precise'")
+    _require(batch <= MAX_BATCH, f"batch {batch} exceeds {MAX_BATCH}", "constraints: B <= 65536")
+    _require(d <= MAX_HEAD_DIM, f"head dim {d} exceeds {MAX_HEAD_DIM}",
+             "constraints: D <= 512")
+    if prompt and not tnd:
+        # 16-element alignment for float16/bfloat16 (float32 on CPU held to the same rule).
+        _require(d % 16 == 0, f"head dim {d} must be a multiple of 16 when Q_S > 1",
+                 "constraints (Q_S > 1): D 16-aligned for float16/bfloat16")
+        _require(q_layout != "BSH" and input_layout != "BSND" or num_heads * d < 65535,
+                 f"N*D = {num_heads * d} must be < 65535 for layout {input_layout}",
+                 "constraints (Q_S > 1): BSH/BSND need N*D < 65535")
 
     # ---- key/value ----
     if paged:
+        _require(block_table.dtype == torch.int32,
+                 f"block_table must be int32, got {block_table.dtype}", "'block_table' dtype")
+        _require(block_table.dim() == 2 and block_table.shape[0] == batch,
+                 f"block_table must be 2-D [B={batch}, max_blocks], got "
+                 f"{tuple(block_table.shape)}", "page attention: block_table 2-D, first dim B")
+        _require(tuple(key.shape) == tuple(value.shape),
+                 f"paged key {tuple(key.shape)} and value {tuple(value.shape)} must have the "
+                 "same shape", "page attention: key and value shapes identical")
+        for name, t in (("key", key), ("value", value)):
+            _require(t.numel() <= INT_MAX, f"paged {name} has {t.numel()} elements (> int32)",
+                     "page attention: element count within int32")
         k_cache = _cache_view(key, q_layout, kv_heads, "key")
         v_cache = _cache_view(value, q_layout, kv_heads, "value")
         n_blocks, bs = k_cache.shape[:2]
-        if tuple(v_cache.shape[:3]) != tuple(k_cache.shape[:3]):
-            raise ValueError(_err(f"key cache {tuple(key.shape)} and value cache "
-                                  f"{tuple(value.shape)} do not match"))
-        if block_size != bs:
-            raise ValueError(_err(f"block_size {block_size} does not match the cache's block "
-                                  f"size {bs}"))
-        if block_table.dim() != 2 or block_table.shape[0] != batch:
-            raise ValueError(_err(f"block_table must be [B={batch}, max_blocks], got "
-                                  f"{tuple(block_table.shape)}"))
-        if actual_seq_lengths_kv is None:
-            raise ValueError(_err("actual_seq_lengths_kv is required with block_table"))
+        if key.dim() == 3:
+            _require(key.shape[2] <= MAX_PAGED_H, f"KV_N*D = {key.shape[2]} exceeds "
+                     f"{MAX_PAGED_H} for a (blocknum, blocksize, H) cache",
+                     "page attention: KV_N*D <= 65535 in the (blocknum, blocksize, H) format")
+        _require(block_size == bs, f"block_size {block_size} does not match the cache's block "
+                 f"size {bs}", "'block_size'")
+        if prompt:
+            _require(128 <= bs <= MAX_BLOCK_SIZE and bs % 128 == 0,
+                     f"block_size {bs} must be a multiple of 128 in [128, 512] (Q_S > 1 or TND)",
+                     "constraints (Q_S > 1), page attention: block_size 128..512, multiple of 128")
+        else:
+            # float16/bfloat16 need 16-alignment (float32 on CPU held to the same rule).
+            _require(0 < bs <= MAX_BLOCK_SIZE and bs % 16 == 0,
+                     f"block_size {bs} must be a non-zero multiple of 16 up to 512 (Q_S = 1)",
+                     "constraints (Q_S = 1), page attention: block_size <= 512, 16-aligned")
+        _require(actual_seq_lengths_kv is not None, "actual_seq_lengths_kv is required with "
+                 "block_table", "page attention: actual_seq_lengths_kv must be passed")
+        if tnd:
+            _require(len(actual_seq_lengths_kv) == batch,
+                     f"actual_seq_lengths_kv has {len(actual_seq_lengths_kv)} entries for "
+                     f"batch {batch} (TND paged: one per sequence)",
+                     "'actual_seq_lengths_kv' (TND, page attention: length equals B)")
         kv_lens = _per_batch(actual_seq_lengths_kv, batch, 0, "actual_seq_lengths_kv")
         max_blocks = block_table.shape[1]
-        if any(math.ceil(n / bs) > max_blocks for n in kv_lens):
-            raise ValueError(_err(f"actual_seq_lengths_kv {kv_lens} need more than the "
-                                  f"{max_blocks} blocks per sequence of block_table"))
+        need = [-(-n // bs) for n in kv_lens]
+        _require(max(need, default=0) <= max_blocks,
+                 f"actual_seq_lengths_kv {kv_lens} need more than the {max_blocks} blocks per "
+                 "sequence of block_table",
+                 "page attention: block_table dim 1 >= maxBlockNumPerSeq")
+        _require(sum(need) <= n_blocks,
+                 f"the sequences need {sum(need)} blocks but the cache has {n_blocks}",
+                 "page attention: blocknum >= the blocks all sequences need")
+        _check_block_ids(block_table, need, n_blocks)
         kv_starts = None
         dk = k_cache.shape[3]
+        dv_in = v_cache.shape[3]
     else:
+        # TND's only exception is CANN's q/k 192 with v 128 (checked below with the head dims).
+        _require(tnd or tuple(key.shape) == tuple(value.shape),
+                 f"key {tuple(key.shape)} and value {tuple(value.shape)} must have the same shape",
+                 "constraints: key and value shapes identical")
         k_dense = _kv_view(key, q_layout, kv_heads, "key")
         v_dense = _kv_view(value, q_layout, kv_heads, "value")
         if tuple(k_dense.shape[:-1]) != tuple(v_dense.shape[:-1]):
@@ -370,23 +547,32 @@ def npu_fused_infer_attention_score(
         if tnd:
             kv_starts, kv_lens = _cumulative(actual_seq_lengths_kv, "actual_seq_lengths_kv",
                                              k_dense.shape[0])
-            if len(kv_lens) != batch:
-                raise ValueError(_err(f"actual_seq_lengths_kv has {len(kv_lens)} entries, "
-                                      f"actual_seq_lengths {batch}"))
+            _require(len(kv_lens) == batch, f"actual_seq_lengths_kv has {len(kv_lens)} entries, "
+                     f"actual_seq_lengths {batch}", "'actual_seq_lengths_kv' (TND: length B)")
             k_rows, v_rows = k_dense, v_dense
         else:
             if k_dense.shape[0] != batch:
                 raise ValueError(_err(f"key batch {k_dense.shape[0]} != query batch {batch}"))
             s_kv = k_dense.shape[1]
             kv_lens = _per_batch(actual_seq_lengths_kv, batch, s_kv, "actual_seq_lengths_kv")
-            if any(n > s_kv for n in kv_lens):
-                raise ValueError(_err(f"actual_seq_lengths_kv {kv_lens} exceed key S {s_kv}"))
+            _require(all(n <= s_kv for n in kv_lens),
+                     f"actual_seq_lengths_kv {kv_lens} exceed key S {s_kv}",
+                     "'actual_seq_lengths_kv'")
             kv_starts = [b * s_kv for b in range(batch)]
             k_rows = k_dense.reshape(batch * s_kv, kv_heads, k_dense.shape[-1])
             v_rows = v_dense.reshape(batch * s_kv, kv_heads, v_dense.shape[-1])
         dk = k_dense.shape[-1]
-    if dk != d:
-        raise ValueError(_err(f"key head dim {dk} != query head dim {d}"))
+        dv_in = v_dense.shape[-1]
+    _require(dk == d, f"key head dim {dk} != query head dim {d}", "'key' (D equal to the query's)")
+    if tnd:
+        _require((d, dv_in) in TND_HEAD_DIMS,
+                 f"layout TND needs q/k/v head dims all 64, 128 or 192 (or q/k 192 with v 128), "
+                 f"got q/k {d}, v {dv_in}",
+                 "not stated; CANN: PromptFlashAttention tiling CheckInputShapeWhenLayoutIsTND")
+    if not prompt:
+        _require(max(kv_lens, default=0) <= MAX_IFA_KV_S,
+                 f"kv length {max(kv_lens, default=0)} exceeds {MAX_IFA_KV_S} with Q_S = 1",
+                 "constraints (Q_S = 1): S <= 262144")
 
     # ---- mask semantics ----
     full_mask = None
@@ -404,8 +590,8 @@ def npu_fused_infer_attention_score(
                 "atten_mask: the doc says they are then ignored, so a window here is ambiguous; "
                 "use sparse_mode=4 with the compressed 2048x2048 mask for a sliding window"))
     elif sparse_mode == 1:
-        if atten_mask is None:
-            raise ValueError(_err("sparse_mode 1 requires a full atten_mask"))
+        _require(atten_mask is not None, "sparse_mode 1 requires a full atten_mask",
+                 "'sparse_mode' 1 (allMask)")
         full_mask = _full_mask(atten_mask, batch, q_s, tnd)
     else:
         _check_compressed(atten_mask, sparse_mode)
@@ -418,6 +604,17 @@ def npu_fused_infer_attention_score(
         elif sparse_mode == 3:
             causal = "right_down"
         else:
+            _require(pre_tokens + next_tokens >= 0
+                     and pre_tokens >= -min(q_lens, default=0)
+                     and next_tokens >= -min(kv_lens, default=0),
+                     f"sparse_mode 4 band pre_tokens={pre_tokens}, next_tokens={next_tokens} "
+                     "must satisfy pre+next >= 0, pre >= -q_len, next >= -kv_len",
+                     "TND constraints: sparse_mode=4 pre/next token ranges")
+            if q_s == 1 and pre_tokens < max(kv_lens, default=0) - 1:
+                raise NotImplementedError(_violation(
+                    "sparse_mode 4 with Q_S = 1: the NPU ignores sparse_mode (and pre_tokens) "
+                    "for single-token B-layout queries, so this window would be dropped there",
+                    "'sparse_mode': void when Q_S is 1; 'pre_tokens': void when Q_S is 1"))
             band = ("right_down", pre_tokens, next_tokens)
     if full_mask is not None:
         if full_mask.shape[0] not in (1, batch):
@@ -426,6 +623,11 @@ def npu_fused_infer_attention_score(
                 or max(kv_lens, default=0) > full_mask.shape[2]):
             raise ValueError(_err(f"atten_mask {tuple(atten_mask.shape)} is smaller than the "
                                   f"query/kv lengths {q_lens}/{kv_lens}"))
+        if paged:
+            _require(full_mask.shape[2] >= block_table.shape[1] * block_size,
+                     f"atten_mask last dim {full_mask.shape[2]} < block_table.shape[1] * "
+                     f"block_size = {block_table.shape[1] * block_size}",
+                     "page attention with atten_mask (sparse_mode 0/1)")
 
     # ---- work items: (batch index, first query row, end query row) ----
     items = []

@@ -39,6 +39,13 @@ import torch
 from vllm_ascend.kernels.npu_library import npu_op
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+# npu_grouped_matmul: inner-axis limit of Atlas A2/A3, and the unquantized bias dtype per x dtype.
+_INNER_LIMIT = 65536
+_GMM_BIAS_DTYPE = {
+    torch.float16: torch.float16,
+    torch.bfloat16: torch.float32,
+    torch.float32: torch.float32,
+}
 
 
 def _require(cond: bool, msg: str) -> None:
@@ -136,6 +143,7 @@ def _init_routing_v2_check(
     active_expert_range,
     row_idx_type,
     x_dtype,
+    expert_tokens_num_flag,
 ) -> tuple[int, int]:
     """Validate; returns the active expert range [start, end)."""
     op = "npu_moe_init_routing_v2"
@@ -155,14 +163,29 @@ def _init_routing_v2_check(
         expert_idx.dtype == torch.int32, f"{op}: expert_idx must be int32, got {expert_idx.dtype}"
     )
     _require(x.dtype in (*_FLOAT_DTYPES, torch.int8), f"{op}: unsupported x dtype {x.dtype}")
-    _require(expert_num > 0, f"{op}: expert_num must be > 0, got {expert_num}")
+    # The NPU kernel implements only the count (1) and key-value (2) modes, with the flag set
+    # (doc: 'expert_tokens_num_type' / 'expert_tokens_num_flag': "currently only ...").
+    _require(
+        expert_tokens_num_type in (1, 2),
+        f"{op}: expert_tokens_num_type={expert_tokens_num_type}: only 1 (count) and 2 "
+        f"(key_value) are supported (doc: {op} 'expert_tokens_num_type')",
+    )
+    _require(
+        expert_tokens_num_flag,
+        f"{op}: expert_tokens_num_flag must be True (doc: {op} 'expert_tokens_num_flag')",
+    )
+    max_experts = 5120 if expert_tokens_num_type == 2 else 10240
+    _require(
+        0 < expert_num <= max_experts,
+        f"{op}: expert_num must be in (0, {max_experts}] for expert_tokens_num_type="
+        f"{expert_tokens_num_type}, got {expert_num} (doc: {op} 'expert_num')",
+    )
     _require(active_num >= -1, f"{op}: active_num must be >= -1, got {active_num}")
-    _require(expert_tokens_num_type in (0, 1, 2), f"{op}: expert_tokens_num_type must be 0, 1 or 2")
     _require(row_idx_type in (0, 1), f"{op}: row_idx_type must be 0 or 1")
     if scale is not None:
         _require(
-            scale.dim() == 1 and scale.shape[0] == x.shape[0],
-            f"{op}: with quant_mode=-1, scale must be 1D (NUM_ROWS,)",
+            scale.dim() == 1 and scale.shape[0] == x.shape[0] and scale.dtype == torch.float32,
+            f"{op}: with quant_mode=-1, scale must be float32 1D (NUM_ROWS,) (doc: {op} 'scale')",
         )
     if len(active_expert_range) == 0:
         return 0, expert_num
@@ -205,6 +228,7 @@ def _init_routing_v2_fake(
         active_expert_range,
         row_idx_type,
         x_dtype,
+        expert_tokens_num_flag,
     )
     total = x.shape[0] * expert_idx.shape[1]
     rows = total if active_num <= 0 else min(active_num, total)
@@ -279,6 +303,7 @@ def npu_moe_init_routing_v2(
         active_expert_range,
         row_idx_type,
         x_dtype,
+        expert_tokens_num_flag,
     )
     num_rows, k = expert_idx.shape
     total = num_rows * k
@@ -384,9 +409,29 @@ def _gmm_check(
     x0 = x[0]
     _require(x0.dim() == 2, f"{op}: x must be 2D, got {x0.dim()}D")
     _require(x0.dtype in _FLOAT_DTYPES, f"{op}: unsupported x dtype {x0.dtype} (unquantized only)")
+    _require(x0.is_contiguous(), f"{op}: x must be contiguous (doc: {op} group_type 0: x "
+             "cannot be transposed)")
     _require(group_list.dim() == 1, f"{op}: group_list must be 1D")
+    _require(group_list.dtype == torch.int64, f"{op}: group_list must be int64, got "
+             f"{group_list.dtype} (doc: {op} 'group_list' dtype)")
     _require(group_list_type in (0, 1), f"{op}: group_list_type must be 0 (cumsum) or 1 (counts)")
     groups = group_list.shape[0]
+    _require(group_list_type == 0 or groups != 1, f"{op}: with group_list_type=1 group_list "
+             f"cannot have length 1 (doc: {op} 'group_list' value rules)")
+    single_w = len(weight) == 1 and weight[0].dim() == 3
+    max_groups = 1024 if single_w else 128
+    _require(groups <= max_groups, f"{op}: {groups} groups exceed {max_groups} (doc: {op} "
+             "group_type 0 limits)")
+    for w in weight:
+        # Contiguous, or the transpose of its last two dims (the doc allows weight transposed).
+        _require(w.is_contiguous() or w.transpose(-1, -2).is_contiguous(),
+                 f"{op}: weight must be contiguous or a transposed view, got strides "
+                 f"{tuple(w.stride())} (doc: {op} group_type 0: weight transpose supported)")
+        inner = w.shape[-1] if w.is_contiguous() else w.shape[-2]
+        _require(inner < _INNER_LIMIT, f"{op}: weight inner dim {inner} must be < "
+                 f"{_INNER_LIMIT} (doc: {op} constraints: InnerLimit)")
+    _require(x0.shape[-1] < _INNER_LIMIT, f"{op}: x inner dim {x0.shape[-1]} must be < "
+             f"{_INNER_LIMIT} (doc: {op} constraints: InnerLimit)")
     if len(weight) == 1 and weight[0].dim() == 3:
         _require(
             weight[0].shape[0] == groups,
@@ -409,6 +454,10 @@ def _gmm_check(
     )
     n = n_dims.pop()
     if bias is not None:
+        want = _GMM_BIAS_DTYPE[x0.dtype]
+        _require(all(b.dtype == want for b in bias), f"{op}: bias must be {want} with "
+                 f"{x0.dtype} x, got {[b.dtype for b in bias]} (doc: {op} dtype table, "
+                 "unquantized)")
         if len(bias) == 1 and bias[0].dim() == 2:
             # Assumption (doc: "one bias per weight tensor"): with a single [E, K, N] weight the
             # bias is one [E, N] tensor.
@@ -512,9 +561,8 @@ def npu_grouped_matmul(
     x = [X (M, K)], weight = [W (E, K, N)] (or E tensors (K, N); either may be a transposed
     view), group_list (E,) int64: with group_list_type=0 the cumulative row ends, with 1 the row
     count of each group. Rows of group e are multiplied by W[e] (+ bias[e]) with float32
-    accumulation; returns [Y (M, N)] in x's dtype. The doc requires the groups to cover all M
-    rows; assumption: rows past the last group (possible when routing emits fewer valid rows
-    than M) are left zero instead of rejected. tuning_config is a performance hint and ignored.
+    accumulation; returns [Y (M, N)] in x's dtype. The groups must cover all M rows (doc).
+    tuning_config is a performance hint and ignored.
     """
     m, n, groups = _gmm_check(
         x,
@@ -552,9 +600,10 @@ def npu_grouped_matmul(
         ends = torch.cumsum(sizes, 0)
     ends_list = ends.tolist()
     _require(
-        not ends_list or ends_list[-1] <= m,
+        (ends_list[-1] if ends_list else 0) == m,
         f"npu_grouped_matmul: group_list covers {ends_list[-1] if ends_list else 0} rows, "
-        f"x has {m}",
+        f"x has {m}: the groups must cover every row (doc: npu_grouped_matmul group_type 0: "
+        "the last cumsum value / the sum of the counts equals x's first dim)",
     )
     x0 = x[0]
     single = len(weight) == 1 and weight[0].dim() == 3
@@ -591,10 +640,18 @@ def _unpermute_check(permuted_tokens, sorted_indices, probs, padded_mode, restor
         f"{op}: sorted_indices must be int32 (doc; int64 also accepted), "
         f"got {sorted_indices.dtype}",
     )
+    _require(
+        permuted_tokens.shape[0] == sorted_indices.shape[0],
+        f"{op}: permuted_tokens has {permuted_tokens.shape[0]} rows, sorted_indices "
+        f"{sorted_indices.shape[0]} entries: both are tokens_num*topK (doc: {op} "
+        "'permuted_tokens' shape)",
+    )
     topk = 1
     if probs is not None:
         _require(probs.dim() == 2, f"{op}: probs must be 2D (tokens_num, topK)")
+        _require(probs.dtype in _FLOAT_DTYPES, f"{op}: unsupported probs dtype {probs.dtype}")
         topk = probs.shape[1]
+        _require(topk <= 512, f"{op}: topK {topk} exceeds 512 (doc: {op} constraints, A2/A3)")
         _require(
             probs.shape[0] * topk == sorted_indices.shape[0],
             f"{op}: probs {tuple(probs.shape)} does not match "
@@ -632,7 +689,13 @@ def npu_moe_token_unpermute(
     if idx.numel():
         _require(
             int(idx.min()) >= 0 and int(idx.max()) < permuted_tokens.shape[0],
-            "npu_moe_token_unpermute: sorted_indices out of range [0, permuted_tokens.shape[0])",
+            "npu_moe_token_unpermute: sorted_indices out of range [0, tokens_num*topK - 1] "
+            "(doc: npu_moe_token_unpermute 'sorted_indices' value range)",
+        )
+        _require(
+            torch.unique(idx).numel() == idx.numel(),
+            "npu_moe_token_unpermute: sorted_indices holds duplicate indices "
+            "(doc: npu_moe_token_unpermute 'sorted_indices': no repeated index)",
         )
     rows = permuted_tokens.float()[idx].reshape(-1, topk, permuted_tokens.shape[1])
     if probs is not None:
