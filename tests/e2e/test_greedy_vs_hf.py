@@ -138,3 +138,38 @@ def test_tensor_parallel_2_matches_hf(checkpoints, reference, model, monkeypatch
     got = generate_once(path, prompts, MAX_TOKENS, tensor_parallel_size=2,
                         distributed_executor_backend="mp")
     assert got == reference(model, prompts)
+
+
+@pytest.mark.parametrize("model", ["llama", "qwen3"])  # head sizes 64 and 128
+def test_bf16_with_prefix_cache_chunking_and_preemption_is_fp32_greedy_up_to_ties(
+        checkpoints, model, capsys):
+    """bf16 through every scheduling path at once (prefix-cache hits, 64-token prefill chunks
+    beside decodes, preemption from a 5-block cache), checked against an independent reference:
+    at every step the engine's token must be Hugging Face fp32's argmax on the engine's own
+    sequence, or within a bf16 near-tie of it."""
+    path = checkpoints(model)
+    vocab = vocab_of(path)
+    shared = random_prompts([140], vocab, seed=5)[0]
+    # 230-250-token prompts: two blocks each (the first shared), and a third during decoding,
+    # which a 5-block cache cannot give every running request.
+    prompts = [shared + tail for tail in random_prompts([90, 95, 100, 105, 110], vocab, seed=6)]
+    max_tokens = 30
+    with engine(path, dtype="bfloat16", enable_prefix_caching=True, enable_chunked_prefill=True,
+                max_num_batched_tokens=64, num_gpu_blocks_override=5) as llm:
+        greedy(llm, [shared + [9]], 1)  # caches the shared prefix's first block
+        hits_before = counter(llm, "vllm:prefix_cache_hits")
+        got = greedy(llm, prompts, max_tokens)
+        hits = counter(llm, "vllm:prefix_cache_hits") - hits_before
+        preemptions = counter(llm, "vllm:num_preemptions")
+    assert hits >= 128 and preemptions > 0, (hits, preemptions)
+    worst = 0.0
+    for prompt, out in zip(prompts, got, strict=True):
+        assert len(out) == max_tokens
+        ref = hf_logprobs(path, prompt + out)
+        for i, token in enumerate(out):
+            row = ref[len(prompt) + i - 1]
+            worst = max(worst, float(row.max() - row[token]))
+    with capsys.disabled():
+        print(f"\n[metric] {model} bf16 (prefix hits {hits:.0f} tokens, {preemptions:.0f} "
+              f"preemptions): worst gap to fp32 argmax {worst:.4f} nats")
+    assert worst < BF16_TIE_GAP, f"a bf16 token is {worst:.3f} nats below fp32's argmax"

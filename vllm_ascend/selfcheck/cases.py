@@ -118,18 +118,26 @@ class AttnShape:
     window: int | None = None
     dtype: torch.dtype = torch.bfloat16
     strided_query: bool = False  # query is the q part of a fused qkv projection (qkv.split)
+    # Prefix caching: every sequence's first N blocks are the same physical blocks, so the
+    # block slots the sequences name exceed the cache's block count (the doc's "blocknum >= the
+    # blocks all sequences need" read as a rule for unshared tables; this checks that reading).
+    shared_prefix_blocks: int = 0
 
 
 def _attn_build(s: AttnShape) -> Callable[[torch.Generator], dict]:
     def build(g: torch.Generator) -> dict:
         blocks_per_seq = [max(1, math.ceil(n / s.block_size)) for n in s.kv_lens]
-        num_blocks = sum(blocks_per_seq) + 3  # spare blocks hold stale data
+        shared = s.shared_prefix_blocks
+        assert all(n > shared for n in blocks_per_seq)
+        # Spare blocks hold stale data.
+        num_blocks = shared + sum(n - shared for n in blocks_per_seq) + 3
         perm = torch.randperm(num_blocks, generator=g)
         table = torch.full((len(s.q_lens), max(blocks_per_seq)), -1, dtype=torch.int32)
-        used = 0
+        used = shared
         for b, n in enumerate(blocks_per_seq):
-            table[b, :n] = perm[used:used + n].to(torch.int32)
-            used += n
+            table[b, :shared] = perm[:shared].to(torch.int32)
+            table[b, shared:n] = perm[used:used + n - shared].to(torch.int32)
+            used += n - shared
         t = sum(s.q_lens)
         d, n_q, n_kv = s.head_dim, s.heads, s.kv_heads
         # Stale cache contents (finite) outside every sequence's kv length.
@@ -670,6 +678,8 @@ def _attention_cases() -> list[Case]:
                                                     kv_heads=2, dtype=bf16)),
         _attn_case("fia_tnd_chunked_prefill", AttnShape((48,), (300,), head_dim=64)),
         _attn_case("fia_tnd_strided_query", AttnShape(**mixed, strided_query=True)),
+        _attn_case("fia_tnd_shared_prefix_blocks", AttnShape((1, 1, 5, 1), (300, 280, 290, 260),
+                                                             shared_prefix_blocks=2)),
         _attn_case("fia_tnd_strided_query_d64", AttnShape((1, 9), (40, 9), heads=4, kv_heads=4,
                                                           head_dim=64, strided_query=True)),
         _attn_case("fia_tnd_window_prefill", AttnShape((90,), (90,), window=32)),

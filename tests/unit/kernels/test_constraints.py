@@ -368,3 +368,14 @@ def test_token_unpermute_constraints():
     with pytest.raises(ValueError, match="exceeds 512"):
         OPS.npu_moe_token_unpermute(torch.randn(513, 8), torch.arange(513, dtype=torch.int32),
                                     torch.ones(1, 513))
+
+
+def test_fia_prefix_shared_blocks_may_exceed_the_cache_count():
+    # Prefix caching: three sequences share block 0 and each has its own second block, so they
+    # name 6 block slots in a 4-block cache, every id valid (the reading noted in the kernel).
+    args, kwargs = _tnd_paged(
+        block_table=torch.tensor([[0, 1], [0, 2], [0, 3]], dtype=torch.int32),
+        actual_seq_lengths=[1, 2, 3], actual_seq_lengths_kv=[130, 131, 132])
+    args[0] = args[0][:3].contiguous()
+    out, _ = OPS.npu_fused_infer_attention_score(*args, **kwargs)
+    assert torch.isfinite(out.float()).all()
