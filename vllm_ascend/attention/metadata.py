@@ -19,10 +19,14 @@ COMPRESSED_MASK_SIZE = 2048
 
 @functools.cache
 def compressed_causal_mask(device: torch.device) -> torch.Tensor:
-    return torch.triu(
-        torch.ones(COMPRESSED_MASK_SIZE, COMPRESSED_MASK_SIZE, dtype=torch.bool, device=device),
-        diagonal=1,
-    )
+    # A normal tensor even when first built under inference mode: it is cached for the process
+    # and shared by every step (and the CPU kernel caches its content check by version counter).
+    with torch.inference_mode(False):
+        return torch.triu(
+            torch.ones(COMPRESSED_MASK_SIZE, COMPRESSED_MASK_SIZE, dtype=torch.bool,
+                       device=device),
+            diagonal=1,
+        )
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""CPU stand-ins for the NPU runtime: host memory figures, no-op streams and events, eager graphs.
+"""CPU stand-ins for the NPU runtime: host memory figures, no-op streams and events, op-tape graphs.
 
 Used by the CPU backend (VLLM_ASCEND_DEVICE=cpu), which runs the plugin's NPU code path on the host.
 """
@@ -11,6 +11,7 @@ import os
 import torch
 
 from vllm_ascend import envs
+from vllm_ascend.device import tape_graph
 
 GiB = 1 << 30
 
@@ -82,6 +83,10 @@ class CpuDevice:
     dispatch_key = "CPU"
     Stream = Stream
     Event = Event
+    # Graphs: an op tape with NPUGraph's interface (capture_begin/capture_end/replay/reset/pool/
+    # update) and torch.npu.graph's context manager.
+    Graph = tape_graph.TapeGraph
+    graph = tape_graph.graph
 
     @staticmethod
     def device_count() -> int:
@@ -129,3 +134,11 @@ class CpuDevice:
     @staticmethod
     def manual_seed_all(seed: int) -> None:
         torch.manual_seed(seed)
+
+    @staticmethod
+    def graph_pool_handle():
+        return tape_graph.graph_pool_handle()
+
+    @staticmethod
+    def is_current_stream_capturing() -> bool:
+        return tape_graph.is_current_stream_capturing()

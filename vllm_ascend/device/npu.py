@@ -27,6 +27,10 @@ class NpuDevice:
     dispatch_key = "PrivateUse1"
     Stream = torch.npu.Stream
     Event = torch.npu.Event
+    # Graphs: torch_npu's NPUGraph (update(cpu_update_input) replaces the length arguments of
+    # captured fused-attention calls; needs auto_dispatch_capture=True in graph()).
+    Graph = torch.npu.NPUGraph
+    graph = torch.npu.graph
 
     @staticmethod
     def device_count() -> int:
@@ -79,3 +83,11 @@ class NpuDevice:
     @staticmethod
     def manual_seed_all(seed: int) -> None:
         torch.npu.manual_seed_all(seed)
+
+    @staticmethod
+    def graph_pool_handle():
+        return torch.npu.graph_pool_handle()
+
+    @staticmethod
+    def is_current_stream_capturing() -> bool:
+        return torch.npu.is_current_stream_capturing()

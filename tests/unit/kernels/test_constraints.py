@@ -379,3 +379,24 @@ def test_fia_prefix_shared_blocks_may_exceed_the_cache_count():
     args[0] = args[0][:3].contiguous()
     out, _ = OPS.npu_fused_infer_attention_score(*args, **kwargs)
     assert torch.isfinite(out.float()).all()
+
+
+def test_fia_accepts_and_checks_an_inference_mode_mask():
+    # Inference tensors have no version counter: the content check runs on every call.
+    with torch.inference_mode():
+        mask = torch.triu(torch.ones(2048, 2048, dtype=torch.bool), diagonal=1)
+        args, kwargs = _tnd_paged(atten_mask=mask)
+        out, _ = OPS.npu_fused_infer_attention_score(*args, **kwargs)
+        assert torch.isfinite(out.float()).all()
+        mask[0, 1] = False  # no version bump in inference mode; still caught
+        with pytest.raises(ValueError, match="2048x2048 template"):
+            OPS.npu_fused_infer_attention_score(*args, **kwargs)
+
+
+def test_engine_mask_is_a_normal_tensor_even_built_in_inference_mode():
+    from vllm_ascend.attention.metadata import compressed_causal_mask
+
+    compressed_causal_mask.cache_clear()
+    with torch.inference_mode():
+        mask = compressed_causal_mask(torch.device("cpu"))
+    assert not mask.is_inference() and mask._version == 0

@@ -170,9 +170,12 @@ def _compressed_template() -> torch.Tensor:
 
 
 def _check_compressed_contents(mask: torch.Tensor) -> None:
-    version = mask._version
+    # The check is cached per tensor and version counter. Inference tensors have no version
+    # counter, so theirs is re-checked on every call (the engine's mask is a normal tensor:
+    # attention/metadata.py builds it outside inference mode).
+    version = None if mask.is_inference() else mask._version
     for ref, ver in _VERIFIED_MASKS:
-        if ref() is mask and ver == version:
+        if version is not None and ref() is mask and ver == version:
             return
     plane = mask.reshape(COMPRESSED_MASK_SIZE, COMPRESSED_MASK_SIZE) != 0
     if not torch.equal(plane, _compressed_template()):
@@ -180,6 +183,8 @@ def _check_compressed_contents(mask: torch.Tensor) -> None:
             "the compressed atten_mask of sparse_mode 2/3/4 must be the 2048x2048 template: "
             "masked (True/1) exactly above the diagonal, i.e. torch.triu(ones, diagonal=1)",
             "'sparse_mode'/constraints: the caller must guarantee the mask is lower-triangular"))
+    if version is None:
+        return
     _VERIFIED_MASKS[:] = [(r, v) for r, v in _VERIFIED_MASKS if r() is not None and r() is not mask]
     _VERIFIED_MASKS.append((weakref.ref(mask), version))
     del _VERIFIED_MASKS[:-_MAX_VERIFIED]
