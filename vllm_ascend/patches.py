@@ -52,6 +52,11 @@ PATCHES: tuple[Patch, ...] = (
           _device_attr("empty_cache")),
     Patch("torch.accelerator.empty_host_cache", _BOTH, _ACCELERATOR_WHY, _REMOVE_ACCELERATOR,
           _device_attr("empty_host_cache")),
+    Patch("torch.accelerator.get_memory_info", _BOTH,
+          "GPUModelRunner.profile_cudagraph_memory and capture_model measure graph memory with "
+          "torch.accelerator.get_memory_info(); the CPU backend has no accelerator and torch_npu "
+          "2.13 does not back it. The device layer answers (free, total) on both.",
+          _REMOVE_ACCELERATOR, _device_attr("get_memory_info")),
     Patch("torch.Event", _BOTH,
           "GPUModelRunner records a torch.Event each step to wait for the sampled-token copy; "
           "torch's CPU backend has no events and torch_npu backs torch.npu.Event, not the "

@@ -25,6 +25,7 @@ _DEVICE = device.current()
 
 WORKER_CLS = "vllm_ascend.worker.worker.NPUWorker"
 ATTENTION_BACKEND_CLS = "vllm_ascend.attention.backend.AscendAttentionBackend"
+GRAPH_WRAPPER_CLS = "vllm_ascend.worker.graph_wrapper.AscendGraphWrapper"
 # torch_npu's paged fused attention reads KV blocks of 128 tokens most efficiently, and its
 # block_table path requires a multiple of 16; 128 is the default on both backends so the CPU
 # backend exercises the same layout (tests also run block size 16).
@@ -145,9 +146,26 @@ class NPUPlatform(Platform):
 
     @classmethod
     def opaque_attention_op(cls) -> bool:
-        # Attention runs as one opaque custom op, so a graph capture or compile sees a single
-        # call into the fused attention kernel.
+        # Attention is called directly (not wrapped in vLLM's opaque unified_attention op), so
+        # the fused attention op itself reaches the dispatcher: graph capture records it as an
+        # updatable call (torch_npu's auto-dispatch capture and the CPU tape see only the
+        # outermost op; behind an opaque op NPUGraph.update would find nothing to update).
+        return False
+
+    # ---- graphs ----------------------------------------------------------------------------
+    @classmethod
+    def support_static_graph_mode(cls) -> bool:
+        # Lets vLLM compute capture sizes; which modes actually run is decided in
+        # apply_config_platform_defaults/check_and_update_config (FULL_DECODE_ONLY on request).
         return True
+
+    @classmethod
+    def get_static_graph_wrapper_cls(cls) -> str:
+        return GRAPH_WRAPPER_CLS
+
+    @classmethod
+    def graph_pool_handle(cls):
+        return _DEVICE.graph_pool_handle()
 
     @classmethod
     def support_hybrid_kv_cache(cls) -> bool:
@@ -158,6 +176,25 @@ class NPUPlatform(Platform):
         return False
 
     # ---- configuration ---------------------------------------------------------------------
+    @classmethod
+    def apply_config_platform_defaults(cls, vllm_config: VllmConfig) -> None:
+        # Runs before vLLM fills in its optimization-level defaults, so this is the one place
+        # where an unset cudagraph_mode (None) can be told apart from the user's request.
+        # Graphs are opt-in this release: unset means eager (NONE); FULL_DECODE_ONLY is the
+        # one mode captured; any other requested mode runs eager with one warning.
+        from vllm.config import CUDAGraphMode
+
+        compilation_config = vllm_config.compilation_config
+        requested = compilation_config.cudagraph_mode
+        if requested is None:
+            compilation_config.cudagraph_mode = CUDAGraphMode.NONE
+        elif requested not in (CUDAGraphMode.NONE, CUDAGraphMode.FULL_DECODE_ONLY):
+            logger.warning(
+                "vllm-ascend: cudagraph_mode %s is not supported; running eager (NONE). "
+                "Graph capture is available as cudagraph_mode=FULL_DECODE_ONLY",
+                requested.name)
+            compilation_config.cudagraph_mode = CUDAGraphMode.NONE
+
     @classmethod
     def check_and_update_config(cls, vllm_config: VllmConfig) -> None:
         from vllm.config import CompilationMode, CUDAGraphMode
@@ -177,16 +214,24 @@ class NPUPlatform(Platform):
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
 
         compilation_config = vllm_config.compilation_config
-        # Eager execution on both backends today: vLLM's Inductor path and its fusion passes
-        # call vllm._C / Triton kernels that do not exist here, and NPU graph capture is a
-        # later step. Custom ops are all on so our register_oot layers run.
+        # No torch.compile on either backend: vLLM's Inductor path and its fusion passes call
+        # vllm._C / Triton kernels that do not exist here. Custom ops are all on so our
+        # register_oot layers run. Graphs: FULL_DECODE_ONLY when the user asked for it (whole
+        # uniform-decode forwards captured with the device layer's graphs, see
+        # worker/graph_wrapper.py); everything else runs eager.
         if compilation_config.mode != CompilationMode.NONE:
-            logger.info("vllm-ascend: compilation mode %s replaced by NONE (eager)",
+            logger.info("vllm-ascend: compilation mode %s replaced by NONE (no torch.compile)",
                         compilation_config.mode)
         compilation_config.mode = CompilationMode.NONE
-        compilation_config.cudagraph_mode = CUDAGraphMode.NONE
-        compilation_config.cudagraph_capture_sizes = []
-        compilation_config.max_cudagraph_capture_size = 0
+        if compilation_config.cudagraph_mode == CUDAGraphMode.FULL_DECODE_ONLY:
+            _check_graph_mode_supported(vllm_config)
+        else:
+            if compilation_config.cudagraph_mode != CUDAGraphMode.NONE:
+                logger.warning("vllm-ascend: cudagraph_mode %s is not supported; running eager",
+                               compilation_config.cudagraph_mode.name)
+            compilation_config.cudagraph_mode = CUDAGraphMode.NONE
+            compilation_config.cudagraph_capture_sizes = []
+            compilation_config.max_cudagraph_capture_size = 0
         if "all" not in compilation_config.custom_ops:
             if "none" in compilation_config.custom_ops:
                 logger.warning("vllm-ascend: custom_ops 'none' replaced by 'all': the Ascend "
@@ -209,7 +254,49 @@ class NPUPlatform(Platform):
         if cache_config is not None and not cache_config.user_specified_block_size:
             cache_config.block_size = DEFAULT_BLOCK_SIZE
         check_attention_support(vllm_config)
+        if compilation_config.cudagraph_mode == CUDAGraphMode.FULL_DECODE_ONLY:
+            _cap_capture_sizes(vllm_config)
         _refuse_async_scheduling_with_speculation(vllm_config)
+
+
+def _check_graph_mode_supported(vllm_config: VllmConfig) -> None:
+    """FULL_DECODE_ONLY is captured on a single device only this release."""
+    parallel_config = vllm_config.parallel_config
+    sizes = {
+        "tensor_parallel_size": parallel_config.tensor_parallel_size,
+        "pipeline_parallel_size": parallel_config.pipeline_parallel_size,
+        "data_parallel_size": parallel_config.data_parallel_size,
+    }
+    parallel = {name: size for name, size in sizes.items() if size > 1}
+    if parallel:
+        # vLLM's graph_capture() context expects a CUDA/XPU communicator on every group of
+        # more than one rank; capturing collectives (HCCL on the NPU) is a later step.
+        raise ValueError(
+            "vllm-ascend: cudagraph_mode=FULL_DECODE_ONLY is supported on a single device only "
+            f"yet ({', '.join(f'{k}={v}' for k, v in parallel.items())}); pass --enforce-eager "
+            "or drop cudagraph_mode"
+        )
+
+
+def _cap_capture_sizes(vllm_config: VllmConfig) -> None:
+    """Captured batch sizes stay within one KV block: the padding tokens of a replayed (or
+    captured) batch write distinct slots of the reserved null block 0 (attention/impl.py)."""
+    compilation_config = vllm_config.compilation_config
+    limit = vllm_config.cache_config.block_size
+    sizes = sorted(compilation_config.cudagraph_capture_sizes or [])
+    kept = [size for size in sizes if size <= limit]
+    if kept != sizes:
+        logger.warning("vllm-ascend: graph capture sizes above the block size (%d) dropped: %s",
+                       limit, [size for size in sizes if size > limit])
+    compilation_config.cudagraph_capture_sizes = kept
+    compilation_config.max_cudagraph_capture_size = kept[-1] if kept else 0
+    if not kept:
+        from vllm.config import CUDAGraphMode
+
+        logger.warning("vllm-ascend: no graph capture size left; running eager")
+        compilation_config.cudagraph_mode = CUDAGraphMode.NONE
+        return
+    logger.info("vllm-ascend: FULL_DECODE_ONLY graphs for decode batches of %s", kept)
 
 
 def check_attention_support(vllm_config: VllmConfig) -> None:

@@ -130,3 +130,33 @@ def test_fp32_is_the_cpu_backends_relaxation_only(monkeypatch):
     with pytest.raises(ValueError, match="npu.*--dtype bfloat16"):
         platform.NPUPlatform.check_if_supports_dtype(torch.float32)
     platform.NPUPlatform.check_if_supports_dtype(torch.bfloat16)
+
+
+@pytest.mark.parametrize("mode", ["PIECEWISE", "FULL", "FULL_AND_PIECEWISE"])
+def test_unsupported_graph_modes_run_eager(llama, mode):
+    from vllm.config import CUDAGraphMode
+
+    cfg = make_config(llama, compilation_config={"cudagraph_mode": mode})
+    assert cfg.compilation_config.cudagraph_mode == CUDAGraphMode.NONE
+    assert cfg.compilation_config.cudagraph_capture_sizes == []
+
+
+def test_full_decode_only_is_kept_on_request(llama):
+    from vllm.config import CompilationMode, CUDAGraphMode
+
+    cfg = make_config(llama, compilation_config={"cudagraph_mode": "FULL_DECODE_ONLY"})
+    cc = cfg.compilation_config
+    assert cc.mode == CompilationMode.NONE
+    assert cc.cudagraph_mode == CUDAGraphMode.FULL_DECODE_ONLY
+    # Captured batches stay within one 128-token block (padding tokens use the null block).
+    assert cc.cudagraph_capture_sizes and cc.cudagraph_capture_sizes[-1] <= 128
+    assert cc.max_cudagraph_capture_size == cc.cudagraph_capture_sizes[-1]
+    eager = make_config(llama, enforce_eager=True,
+                        compilation_config={"cudagraph_mode": "FULL_DECODE_ONLY"})
+    assert eager.compilation_config.cudagraph_mode == CUDAGraphMode.NONE
+
+
+def test_full_decode_only_with_tensor_parallel_is_refused(llama):
+    with pytest.raises(ValueError, match=r"single device.*--enforce-eager"):
+        make_config(llama, tensor_parallel_size=2, distributed_executor_backend="mp",
+                    compilation_config={"cudagraph_mode": "FULL_DECODE_ONLY"})

@@ -89,12 +89,15 @@ class AscendAttentionImpl(AttentionImpl[AscendAttentionMetadata]):
         n = attn_metadata.num_actual_tokens
         key_cache, value_cache = kv_cache.unbind(1)
         if self.kv_sharing_target_layer_name is None:
+            slots = attn_metadata.slot_mapping
+            if attn_metadata.graph_shaped:
+                slots = null_block_slots_for_padding(slots)
             torch.ops.npu.npu_scatter_pa_kv_cache(
                 key[:n].contiguous(),
                 value[:n].contiguous(),
                 key_cache,
                 value_cache,
-                attn_metadata.slot_mapping,
+                slots,
                 cache_mode="Norm",
             )
         num_blocks, block_size = key_cache.shape[:2]
@@ -119,3 +122,14 @@ class AscendAttentionImpl(AttentionImpl[AscendAttentionMetadata]):
         )
         output[:n].copy_(attn_out.reshape(output[:n].shape))
         return output
+
+
+def null_block_slots_for_padding(slot_mapping: torch.Tensor) -> torch.Tensor:
+    """Padding tokens of a graph-shaped step carry slot -1, which the scatter refuses. Token
+    ``i`` of the step writes slot ``i`` of the reserved null block 0 instead: distinct slots
+    (the scatter refuses duplicates too), all in block 0 because the platform caps captured
+    batch sizes at the block size. Device ops only: no host sync, and captured with the graph
+    so every replay maps that step's slots."""
+    position = torch.arange(slot_mapping.shape[0], device=slot_mapping.device,
+                            dtype=slot_mapping.dtype)
+    return torch.where(slot_mapping >= 0, slot_mapping, position)

@@ -41,15 +41,21 @@ class AscendAttentionMetadata:
     cu_query_lens: list[int]  # TND actual_seq_lengths: cumulative query ends per request
     seq_lens: list[int]  # paged actual_seq_lengths_kv: total KV length per request
     max_query_len: int
+    # A step shaped for a captured graph (FULL_DECODE_ONLY): padding requests are kept with
+    # graph-shaped lengths and padding tokens carry slot -1, which the impl routes to the
+    # reserved null block on the device.
+    graph_shaped: bool = False
 
 
 class AscendAttentionMetadataBuilder(AttentionMetadataBuilder[AscendAttentionMetadata]):
-    # Eager execution today; graph capture is a later step.
-    _cudagraph_support = AttentionCGSupport.NEVER
+    # Full graphs of uniform batches (every request the same query length): FULL_DECODE_ONLY.
+    _cudagraph_support = AttentionCGSupport.UNIFORM_BATCH
 
     def __init__(self, kv_cache_spec, layer_names, vllm_config, device) -> None:
         super().__init__(kv_cache_spec, layer_names, vllm_config, device)
         self.attn_mask = compressed_causal_mask(device)
+        # Query tokens per request of a captured (uniform decode) batch; 0 when graphs are off.
+        self.graph_query_len = graph_query_len(vllm_config)
 
     def build(
         self,
@@ -65,16 +71,56 @@ class AscendAttentionMetadataBuilder(AttentionMetadataBuilder[AscendAttentionMet
                 "(CommonAttentionMetadata.seq_lens_cpu_upper_bound)"
             )
         cu_query_lens = m.query_start_loc_cpu[1 : m.num_reqs + 1].tolist()
-        num_reqs, num_tokens = unpadded_batch(cu_query_lens)
+        q = self.graph_query_len
+        if q and m.num_reqs * q == m.num_actual_tokens:
+            # Graph-shaped (captured, or replayed padded to a captured size): keep every row.
+            num_reqs, num_tokens = m.num_reqs, m.num_actual_tokens
+            cu_query_lens, seq_lens = graph_shaped_batch(
+                cu_query_lens, seq_lens_cpu[:num_reqs].tolist(), q)
+            graph_shaped = True
+        else:
+            num_reqs, num_tokens = unpadded_batch(cu_query_lens)
+            cu_query_lens = cu_query_lens[:num_reqs]
+            seq_lens = seq_lens_cpu[:num_reqs].tolist()
+            graph_shaped = False
         return AscendAttentionMetadata(
             num_actual_tokens=num_tokens,
             slot_mapping=m.slot_mapping[:num_tokens],
             block_table=m.block_table_tensor[:num_reqs],
             attn_mask=self.attn_mask,
-            cu_query_lens=cu_query_lens[:num_reqs],
-            seq_lens=seq_lens_cpu[:num_reqs].tolist(),
+            cu_query_lens=cu_query_lens,
+            seq_lens=seq_lens,
             max_query_len=m.max_query_len,
+            graph_shaped=graph_shaped,
         )
+
+
+def graph_query_len(vllm_config) -> int:
+    """Query tokens per request in a captured batch (1 + draft tokens), or 0 without graphs."""
+    if vllm_config is None:
+        return 0
+    if not vllm_config.compilation_config.cudagraph_mode.has_full_cudagraphs():
+        return 0
+    spec = vllm_config.speculative_config
+    return 1 + (spec.num_speculative_tokens if spec is not None else 0)
+
+
+def graph_shaped_batch(cu_query_lens: list[int], seq_lens: list[int],
+                       q: int) -> tuple[list[int], list[int]]:
+    """Lengths for a batch padded to a captured graph of ``len(cu_query_lens) * q`` tokens.
+
+    The captured graph attends over all its rows, so padding requests (empty queries, seq_len
+    0, block-table rows on the null block 0) cannot be dropped as in an eager step. Each gets
+    ``q`` query tokens (the padding tokens after the real ones) and a KV length of ``q`` on
+    the null block, so the TND invariant ``cu_query_lens[-1] == tokens`` holds and every
+    request attends to at least one key. Their outputs are never read.
+    """
+    num_real, _ = unpadded_batch(cu_query_lens)
+    cu, lens = list(cu_query_lens), list(seq_lens)
+    for i in range(num_real, len(cu)):
+        cu[i] = cu[i - 1] + q
+        lens[i] = q
+    return cu, lens
 
 
 def unpadded_batch(cu_query_lens: list[int]) -> tuple[int, int]:

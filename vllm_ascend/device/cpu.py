@@ -132,6 +132,15 @@ class CpuDevice:
         return _process_rss_bytes()
 
     @staticmethod
+    def mem_get_info(device=None) -> tuple[int, int]:
+        """(free, total) like torch.npu.mem_get_info: the host budget less this process's RSS."""
+        total = CpuDevice.total_memory()
+        return max(total - _process_rss_bytes(), 0), total
+
+    # torch.accelerator's name for the same query (vllm_ascend/patches.py routes it here).
+    get_memory_info = mem_get_info
+
+    @staticmethod
     def manual_seed_all(seed: int) -> None:
         torch.manual_seed(seed)
 

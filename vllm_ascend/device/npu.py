@@ -81,6 +81,14 @@ class NpuDevice:
         return total - free
 
     @staticmethod
+    def mem_get_info(device=None) -> tuple[int, int]:
+        _require_initialised("free memory")
+        return torch.npu.mem_get_info()
+
+    # torch.accelerator's name for the same query (vllm_ascend/patches.py routes it here).
+    get_memory_info = mem_get_info
+
+    @staticmethod
     def manual_seed_all(seed: int) -> None:
         torch.npu.manual_seed_all(seed)
 

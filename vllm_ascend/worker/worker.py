@@ -3,6 +3,7 @@ the plugin's (everything else, including distributed set-up and warm-up, is vLLM
 
 from __future__ import annotations
 
+import time
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
@@ -77,7 +78,8 @@ class NPUWorker(Worker):
         total = dev.total_memory()
         budget = int(total * self.cache_config.gpu_memory_utilization)
         used = dev.memory_used()
-        available = budget - used
+        graphs = self._graph_memory_estimate()
+        available = budget - used - graphs
         if available <= 0:
             raise ValueError(
                 f"no memory left for the KV cache: {format_gib(used)} GiB in use after the "
@@ -87,14 +89,35 @@ class NPUWorker(Worker):
                 + (" or VLLM_ASCEND_CPU_MEMORY_GB" if dev.device_type == "cpu" else "")
                 + ", or set --kv-cache-memory-bytes."
             )
-        logger.info("KV cache: %s GiB (budget %s GiB, %s GiB in use after profiling)",
-                    format_gib(available), format_gib(budget), format_gib(used))
+        logger.info("KV cache: %s GiB (budget %s GiB, %s GiB in use after profiling, "
+                    "%.1f MiB estimated for graphs)", format_gib(available), format_gib(budget),
+                    format_gib(used), graphs / (1 << 20))
         return available
 
+    def _graphs_on(self) -> bool:
+        return self.compilation_config.cudagraph_mode != CUDAGraphMode.NONE
+
+    def _graph_memory_estimate(self) -> int:
+        """Bytes the decode graphs will take (vLLM captures a few sizes and extrapolates);
+        measured after ``used``, so the probe's own footprint is not counted twice."""
+        if not self._graphs_on():
+            return 0
+        measured = int(self.model_runner.profile_cudagraph_memory())
+        # vLLM floors each graph after the first at 1 MiB; the first capture's sample is taken
+        # as measured, which on the CPU backend (process RSS) can even be negative when the
+        # allocator hands memory back during the probe. Floor the total at 1 MiB per graph.
+        floor = len(self.compilation_config.cudagraph_capture_sizes) << 20
+        estimate = max(measured, floor)
+        if estimate != measured:
+            logger.info("graph memory estimate %.1f MiB raised to the floor of 1 MiB per graph",
+                        measured / (1 << 20))
+        self.graph_memory_estimate = estimate
+        return estimate
+
     def compile_or_warm_up_model(self) -> CompilationTimes:
-        """Warm-up in eager mode: nothing to compile or capture yet. One dummy batch of the
-        largest decode size runs the model and the sampler, so their kernels and buffers are
-        ready before the first request. (vLLM's kernel_warmup is skipped: it imports every
+        """Warm-up in eager mode, then (FULL_DECODE_ONLY only) graph capture. One dummy batch
+        of the largest decode size runs the model and the sampler, so their kernels and buffers
+        are ready before the first request. (vLLM's kernel_warmup is skipped: it imports every
         model family's CUDA warm-ups.)"""
         if get_pp_group().is_last_rank and not self.model_runner.is_pooling_model:
             num_reqs = min(self.scheduler_config.max_num_seqs,
@@ -103,5 +126,25 @@ class NPUWorker(Worker):
                 num_tokens=num_reqs, skip_eplb=True, cudagraph_runtime_mode=CUDAGraphMode.NONE
             )
             self.model_runner._dummy_sampler_run(hidden_states=last_hidden)
+        capture_seconds = self._capture_graphs()
         set_random_seed(self.model_config.seed, self.parallel_config.data_parallel_index)
-        return CompilationTimes(language_model=0.0, encoder=0.0)
+        return CompilationTimes(language_model=capture_seconds, encoder=0.0)
+
+    def _capture_graphs(self) -> float:
+        """FULL_DECODE_ONLY: capture one graph per decode batch size, after the eager warm-up."""
+        if not self._graphs_on():
+            return 0.0
+        dev = device.current()
+        start = time.perf_counter()
+        used_before = dev.memory_used()
+        measured = self.model_runner.capture_model()
+        seconds = time.perf_counter() - start
+        grown = dev.memory_used() - used_before
+        mib = 1 << 20
+        logger.info("Graph capture (%s, sizes %s): %.2f s; memory in use grew by %.1f MiB, "
+                    "free device memory fell by %.1f MiB (estimated beforehand: %.1f MiB)",
+                    self.compilation_config.cudagraph_mode.name,
+                    self.compilation_config.cudagraph_capture_sizes, seconds,
+                    grown / mib, measured / mib,
+                    getattr(self, "graph_memory_estimate", 0) / mib)
+        return seconds

@@ -92,3 +92,23 @@ def test_padded_step_attends_real_tokens_only(dtype):
     tol = 1e-5 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(output[:6].view(6, N, D).double(), want, atol=tol, rtol=tol)
     assert (output[6:] == 7.0).all(), "padding rows are never written"
+
+
+def test_graph_shaped_batch_keeps_padding_rows_with_tnd_invariants():
+    from vllm_ascend.attention.metadata import graph_shaped_batch
+
+    # 3 real decode requests padded to a captured batch of 4 (q = 1): the padding request
+    # gets one query token and one KV token on the null block, so cu[-1] equals the 4 tokens.
+    cu, kv = graph_shaped_batch([1, 2, 3, 3], [9, 130, 4, 0], q=1)
+    assert cu == [1, 2, 3, 4] and kv == [9, 130, 4, 1]
+    # Two draft tokens per request (q = 3), two padding requests.
+    cu, kv = graph_shaped_batch([3, 6, 6, 6], [20, 7, 0, 0], q=3)
+    assert cu == [3, 6, 9, 12] and kv == [20, 7, 3, 3]
+
+
+def test_padding_slots_go_to_distinct_null_block_slots():
+    from vllm_ascend.attention.impl import null_block_slots_for_padding
+
+    slots = torch.tensor([BS + 3, 2 * BS + 10, -1, -1], dtype=torch.int64)
+    mapped = null_block_slots_for_padding(slots)
+    assert mapped.tolist() == [BS + 3, 2 * BS + 10, 2, 3]  # block 0, distinct, real kept
