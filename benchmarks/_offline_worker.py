@@ -7,6 +7,7 @@ spec comes as a JSON file (argv[1]); results go to a JSON file (argv[2]).
 Spec keys:
   model, dtype, enforce_eager, kv_cache_memory_bytes, max_model_len, max_num_seqs, block_size,
   seed
+  cudagraph_mode, capture_sizes   optional: graph mode (e.g. FULL_DECODE_ONLY) and its sizes
   expect_platform         class name current_platform must have (guards against a wrong venv)
   task = "decode_steps":  batch_sizes, prompt_len, short_len, long_len, repeats
       For each batch size N: N distinct random prompts of prompt_len tokens, greedy, ignore_eos.
@@ -79,6 +80,9 @@ def main(spec_path: str, out_path: str) -> None:
         block_size=spec.get("block_size", 128),
         enable_prefix_caching=False,
         seed=spec.get("seed", 0),
+        **({"compilation_config": {"cudagraph_mode": spec["cudagraph_mode"],
+                                   "cudagraph_capture_sizes": spec["capture_sizes"]}}
+           if spec.get("cudagraph_mode") else {}),
     )
     startup_s = time.perf_counter() - t0
     tok = llm.get_tokenizer()
@@ -93,6 +97,7 @@ def main(spec_path: str, out_path: str) -> None:
         "python": sys.executable,
         "startup_s": startup_s,
         "compilation_mode": str(llm.llm_engine.vllm_config.compilation_config.mode),
+        "cudagraph_mode": str(llm.llm_engine.vllm_config.compilation_config.cudagraph_mode),
         "block_size": llm.llm_engine.vllm_config.cache_config.block_size,
     }
 

@@ -25,6 +25,7 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(__file__))
 import _common as C  # noqa: E402
+import bench_graph_replay  # noqa: E402
 import bench_host_overhead  # noqa: E402
 import bench_serving  # noqa: E402
 import profile_host  # noqa: E402
@@ -33,7 +34,7 @@ import roofline  # noqa: E402
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="host,serving,roofline,profile")
+    ap.add_argument("--only", default="host,graph,serving,roofline,profile")
     ap.add_argument("--no-serve", action="store_true", help="offline throughput only")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--quick", action="store_true",
@@ -69,6 +70,9 @@ def main() -> int:
         kw = dict(repeats=2) if args.quick else {}
         section("host_overhead", lambda: bench_host_overhead.run(**kw),
                 bench_host_overhead.render)
+    if "graph" in parts:
+        kw = dict(repeats=2) if args.quick else {}
+        section("graph_replay", lambda: bench_graph_replay.run(**kw), bench_graph_replay.render)
     if "serving" in parts:
         cfg = (dict(dtypes=["bfloat16"], offline_prompts=16, offline_repeats=2, serve_prompts=4,
                     rates=["4", "inf"]) if args.quick else {})

@@ -1,0 +1,84 @@
+#!/usr/bin/env python
+"""Host time per decode step on the plugin's CPU backend: eager against graph replay.
+
+Same model and method as bench_host_overhead.py (the 1-layer hidden-64 Llama, so a step's wall
+time is host work; (t68 - t4) / 64 is one decode-only step with N sequences running), run twice
+in the plugin's venv: eager, and with cudagraph_mode=FULL_DECODE_ONLY and every measured batch
+size captured, so each decode step replays a graph (the op tape on the CPU backend: the recorded
+ops re-run on static buffers without the model's Python). ratio = eager ms/step / graph ms/step;
+above 1.0 the replay saves host time.
+
+    .venv/bin/python benchmarks/bench_graph_replay.py [--batch-sizes 1,8,64] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+sys.path.insert(0, __import__("os").path.dirname(__file__))
+import _common as C  # noqa: E402
+import bench_host_overhead  # noqa: E402
+
+DEFAULT_SIZES = [1, 8, 64]
+
+
+def run(batch_sizes=None, repeats=None, dtype="bfloat16") -> dict:
+    sizes = batch_sizes or DEFAULT_SIZES
+    spec = dict(bench_host_overhead.DEFAULTS, task="decode_steps",
+                model=str(C.build_tiny_checkpoint()), dtype=dtype,
+                kv_cache_memory_bytes=512 * 2**20, max_model_len=512, max_num_seqs=max(sizes),
+                block_size=128, seed=0, batch_sizes=sizes)
+    if repeats:
+        spec["repeats"] = repeats
+    plugin = C.engines(with_peer=False)[0]
+    raw = {}
+    for label, extra in (("eager", {}),
+                         ("graph", {"cudagraph_mode": "FULL_DECODE_ONLY",
+                                    "capture_sizes": sorted(sizes)})):
+        t0 = time.perf_counter()
+        print(f"  graph replay: {label} ...", file=sys.stderr, flush=True)
+        raw[label] = C.run_worker(plugin, dict(spec, **extra), f"graph_replay-{label}")
+        print(f"  graph replay: {label} done in {time.perf_counter() - t0:.0f}s",
+              file=sys.stderr, flush=True)
+    rows = []
+    for i, n in enumerate(sizes):
+        row = {"batch": n}
+        for label in raw:
+            assert raw[label]["decode_steps"][i]["batch"] == n
+            reps = raw[label]["decode_steps"][i]["repeats"]
+            row[label] = C.stats(r["ms_per_step"] for r in reps)
+        row["ratio"] = C.ratio(row["eager"]["median"], row["graph"]["median"])
+        rows.append(row)
+    engines = {k: {f: v.get(f) for f in ("cudagraph_mode", "startup_s", "wall_s")}
+               for k, v in raw.items()}
+    return {"spec": spec, "engines": engines, "rows": rows}
+
+
+def render(res: dict) -> str:
+    rows = [[r["batch"], C.fmt_stat(r["eager"], 2), C.fmt_stat(r["graph"], 2),
+             f"{r['ratio']:.2f}"] for r in res["rows"]]
+    e = res["engines"]
+    s = res["spec"]
+    title = (f"Host ms per decode step, plugin CPU backend, eager vs FULL_DECODE_ONLY replay "
+             f"({s['dtype']}, {s['repeats']} repeats; median [min-max]; start-up eager "
+             f"{e['eager']['startup_s']:.1f}s, graph {e['graph']['startup_s']:.1f}s)")
+    return C.table(["batch", "eager ms/step", "graph ms/step", "eager/graph"], rows, title)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--batch-sizes", default=None)
+    ap.add_argument("--repeats", type=int, default=None)
+    args = ap.parse_args()
+    sizes = [int(x) for x in args.batch_sizes.split(",")] if args.batch_sizes else None
+    res = run(sizes, args.repeats)
+    print(render(res))
+    path = C.write_json("graph_replay.json", {"machine": C.machine_info(with_peer=False),
+                                              "graph_replay": res})
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
