@@ -26,9 +26,9 @@ _DEVICE = device.current()
 WORKER_CLS = "vllm_ascend.worker.worker.NPUWorker"
 ATTENTION_BACKEND_CLS = "vllm_ascend.attention.backend.AscendAttentionBackend"
 GRAPH_WRAPPER_CLS = "vllm_ascend.worker.graph_wrapper.AscendGraphWrapper"
-# torch_npu's paged fused attention reads KV blocks of 128 tokens most efficiently, and its
-# block_table path requires a multiple of 16; 128 is the default on both backends so the CPU
-# backend exercises the same layout (tests also run block size 16).
+# torch_npu's paged fused attention takes blocks of 128..512 tokens in multiples of 128
+# (attention/backend.py SUPPORTED_BLOCK_SIZES); 128 is the default on both backends so the CPU
+# backend exercises the same layout (tests also run block size 256).
 DEFAULT_BLOCK_SIZE = 128
 
 
