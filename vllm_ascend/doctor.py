@@ -254,7 +254,8 @@ def kernel_rows(backend: str | None) -> list[Row]:
                     "fix the extension row above")]
     if backend == "npu":
         try:
-            import torch_npu  # noqa: F401  (owns the npu:: namespace's NPU kernels)
+            # The device layer's NPU backend imports torch_npu (the npu:: NPU kernels).
+            import vllm_ascend.device.npu  # noqa: F401
         except Exception as exc:
             return [Row("kernels", f"torch_npu failed to import: {exc}", FAIL,
                         "check the CANN install (rows above)")]

@@ -19,7 +19,7 @@ Ascend class here: the vLLM class with the plugin's forward mixed in. Three fami
   per-token rows are gathered first and the kernel runs on them with positions 0..T-1.
 
 Classes whose forward computes something else keep vLLM's forward; they are listed with the reason
-in ``vllm_ascend.ops.NATIVE_LAYERS`` and logged once when built (``fallback.NativeFallback``).
+in ``vllm_ascend.ops.NATIVE_FALLBACKS`` and logged once when built (``ops/native.py``).
 """
 
 from __future__ import annotations
@@ -149,11 +149,10 @@ class AscendMRotaryEmbedding(MRotaryEmbedding):
             cos = apply_interleaved_rope(cos, self.mrope_section)
             sin = apply_interleaved_rope(sin, self.mrope_section)
         else:
-            cos = torch.cat(
-                [part[i] for i, part in enumerate(cos.split(self.mrope_section, dim=-1))], dim=-1
-            )
-            sin = torch.cat(
-                [part[i] for i, part in enumerate(sin.split(self.mrope_section, dim=-1))], dim=-1
+            cos, sin = (
+                torch.cat([part[i] for i, part in enumerate(t.split(self.mrope_section, dim=-1))],
+                          dim=-1)
+                for t in (cos, sin)
             )
         per_token = torch.cat((cos, sin), dim=-1).contiguous()
         rows = torch.arange(per_token.shape[0], device=positions.device)

@@ -14,16 +14,15 @@ def reference(x, residual, weight, eps):
     return q.clamp(-128, 127), scale.squeeze(-1), r, y
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape", [(1, 64), (8, 4096), (64, 1000), (2048, 128), (3, 5, 257)],
-                         ids=str)
-def test_matches_float64_reference(C, dtype, shape):
+def check_against_float64_reference(op, dtype, shape):
+    """``op`` (the op's schema) on random inputs against ``reference``. Shared with the torch
+    composition's tests (test_csrc_composed.py)."""
     hidden = shape[-1]
     x = torch.randn(shape, dtype=dtype)
     residual = torch.randn(shape, dtype=dtype)
     weight = (1 + 0.1 * torch.randn(hidden)).to(dtype)
     x0, res0 = x.clone(), residual.clone()
-    y, scale, res_out = C.add_rms_norm_dynamic_quant(x, residual, weight, 1e-6)
+    y, scale, res_out = op(x, residual, weight, 1e-6)
 
     assert torch.equal(x, x0) and torch.equal(residual, res0)  # functional: inputs untouched
     q_ref, scale_ref, r_ref, y_ref = reference(x, residual, weight, 1e-6)
@@ -38,6 +37,13 @@ def test_matches_float64_reference(C, dtype, shape):
     # Dequantised output is within half a quantisation step of the exact normed value.
     deq = y.double() * scale.double().unsqueeze(-1)
     assert ((deq - y_ref).abs() <= scale.double().unsqueeze(-1) * 0.5 + 1e-6).all()
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", [(1, 64), (8, 4096), (64, 1000), (2048, 128), (3, 5, 257)],
+                         ids=str)
+def test_matches_float64_reference(C, dtype, shape):
+    check_against_float64_reference(C.add_rms_norm_dynamic_quant, dtype, shape)
 
 
 def test_zero_row(C):

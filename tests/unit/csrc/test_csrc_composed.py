@@ -6,10 +6,10 @@ test_csrc_npu_kernel_source.py)."""
 import pytest
 import torch
 from csrc_test_utils import DTYPES, TOLS
-from test_csrc_add_rms_norm_quant import reference as add_rms_norm_quant_reference
+from test_csrc_add_rms_norm_quant import check_against_float64_reference as check_add_rms_norm_quant
 from test_csrc_masked_input import SHARDS
 from test_csrc_masked_input import reference as masked_input_reference
-from test_csrc_rotary import make_cache
+from test_csrc_rotary import check_rotary_on_fused_qkv_views, make_cache
 from test_csrc_rotary import reference as rotary_reference
 
 from vllm_ascend.kernels import composed, extension
@@ -55,23 +55,7 @@ def test_rotary_matches_float64_reference(dtype, is_neox, case):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("is_neox", [True, False], ids=["neox", "gptj"])
 def test_rotary_in_place_on_fused_qkv_views(dtype, is_neox):
-    """q (as a 3-D view) and k are strided views into one qkv buffer; v stays bit-identical."""
-    tokens, nq, nk, hs, rot = 37, 4, 2, 96, 64
-    qkv = torch.randn(tokens, (nq + 2 * nk) * hs, dtype=dtype)
-    qkv0 = qkv.clone()
-    q, k, v = qkv.split([nq * hs, nk * hs, nk * hs], dim=-1)
-    assert not q.is_contiguous() and not k.is_contiguous()
-    q3 = q.view(tokens, nq, hs)
-    positions = torch.randint(0, 1024, (tokens,), dtype=torch.int32)
-    cache = make_cache(1024, rot, dtype)
-
-    composed.rotary_embedding(positions, q3, k, hs, cache, is_neox)
-
-    ref_q = rotary_reference(positions, qkv0[:, : nq * hs], hs, cache, is_neox)
-    ref_k = rotary_reference(positions, qkv0[:, nq * hs:(nq + nk) * hs], hs, cache, is_neox)
-    torch.testing.assert_close(qkv[:, : nq * hs].double(), ref_q, **TOLS[dtype])
-    torch.testing.assert_close(qkv[:, nq * hs:(nq + nk) * hs].double(), ref_k, **TOLS[dtype])
-    assert torch.equal(v, qkv0[:, (nq + nk) * hs:])
+    check_rotary_on_fused_qkv_views(composed.rotary_embedding, dtype, is_neox)
 
 
 def test_rotary_batched_positions_no_key_and_fp32_cache():
@@ -155,25 +139,7 @@ def test_masked_input_non_contiguous_empty_and_bad_dtype():
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape", [(1, 64), (8, 4096), (64, 1000), (3, 5, 257)], ids=str)
 def test_add_rms_norm_quant_matches_float64_reference(dtype, shape):
-    hidden = shape[-1]
-    x = torch.randn(shape, dtype=dtype)
-    residual = torch.randn(shape, dtype=dtype)
-    weight = (1 + 0.1 * torch.randn(hidden)).to(dtype)
-    x0, res0 = x.clone(), residual.clone()
-    y, scale, res_out = composed.add_rms_norm_dynamic_quant(x, residual, weight, 1e-6)
-
-    assert torch.equal(x, x0) and torch.equal(residual, res0)
-    q_ref, scale_ref, r_ref, y_ref = add_rms_norm_quant_reference(x, residual, weight, 1e-6)
-    assert y.dtype == torch.int8 and y.shape == x.shape
-    assert scale.dtype == torch.float32 and scale.shape == x.shape[:-1]
-    assert res_out.dtype == dtype and res_out.shape == x.shape
-    torch.testing.assert_close(res_out, r_ref.to(dtype), atol=0, rtol=0)
-    torch.testing.assert_close(scale.double(), scale_ref, atol=0, rtol=1e-5)
-    diff = (y.double() - q_ref).abs()
-    assert diff.max() <= 1
-    assert (diff > 0).double().mean() < 1e-3
-    deq = y.double() * scale.double().unsqueeze(-1)
-    assert ((deq - y_ref).abs() <= scale.double().unsqueeze(-1) * 0.5 + 1e-6).all()
+    check_add_rms_norm_quant(composed.add_rms_norm_dynamic_quant, dtype, shape)
 
 
 def test_add_rms_norm_quant_zero_row_and_bad_shapes():

@@ -70,22 +70,29 @@ def test_matches_float64_reference(C, dtype, is_neox, case):
                            k0.view(tokens, nk, head_size)[..., rot_dim:])
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_views_into_fused_qkv_and_3d(C, dtype):
-    """q/k as strided views into one qkv buffer (token stride > row); v stays untouched."""
+def check_rotary_on_fused_qkv_views(rotary_fn, dtype, is_neox):
+    """q (a 3-D view) and k are strided views into one qkv buffer (token stride > row), rotated
+    in place by ``rotary_fn`` (the op's schema); v stays bit-identical. Shared with the torch
+    composition's tests (test_csrc_composed.py)."""
     tokens, nq, nk, hs, rot = 37, 4, 2, 96, 64
     qkv = torch.randn(tokens, (nq + 2 * nk) * hs, dtype=dtype)
     qkv0 = qkv.clone()
     q, k, v = qkv.split([nq * hs, nk * hs, nk * hs], dim=-1)
+    assert not q.is_contiguous() and not k.is_contiguous()
     q3 = q.view(tokens, nq, hs)  # 3-D view of a strided 2-D view
     positions = torch.randint(0, 1024, (tokens,), dtype=torch.int32)
     cache = make_cache(1024, rot, dtype)
-    C.rotary_embedding(positions, q3, k, hs, cache, True)
-    ref_q = reference(positions, qkv0[:, : nq * hs], hs, cache, True)
-    ref_k = reference(positions, qkv0[:, nq * hs:(nq + nk) * hs], hs, cache, True)
+    rotary_fn(positions, q3, k, hs, cache, is_neox)
+    ref_q = reference(positions, qkv0[:, : nq * hs], hs, cache, is_neox)
+    ref_k = reference(positions, qkv0[:, nq * hs:(nq + nk) * hs], hs, cache, is_neox)
     torch.testing.assert_close(qkv[:, : nq * hs].double(), ref_q, **TOLS[dtype])
     torch.testing.assert_close(qkv[:, nq * hs:(nq + nk) * hs].double(), ref_k, **TOLS[dtype])
     assert torch.equal(v, qkv0[:, (nq + nk) * hs:])
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_views_into_fused_qkv_and_3d(C, dtype):
+    check_rotary_on_fused_qkv_views(C.rotary_embedding, dtype, True)
 
 
 def test_key_none_and_batched_positions(C):
