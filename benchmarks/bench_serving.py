@@ -15,7 +15,7 @@ Sizes are chosen so that the whole `make bench` stays under 30 minutes on a 2-co
 override them with the flags below. Both engines get the same engine arguments: max_model_len
 1024, block size 128, prefix caching off, max_num_seqs 64, a 2 GiB KV cache
 (kv_cache_memory_bytes), and otherwise their defaults (the peer compiles with Inductor; the
-plugin is eager by design).
+plugin does not compile and replays PIECEWISE graphs for steps of up to 16 tokens).
 
 Ratios are plugin / peer for throughputs (below 1.0: plugin slower) and peer / plugin for
 latencies (TTFT, TPOT; below 1.0: plugin slower), so every ratio reads "higher is better for

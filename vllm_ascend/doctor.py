@@ -370,19 +370,21 @@ def selfcheck(host: Host) -> bool:
             model = e2e.build_tiny_llama(Path(tmp))
             prompts = e2e.prompts()
             if device == "npu":
-                cpu = e2e.generate_in_subprocess(model, "cpu", "bfloat16")
-                npu = e2e.generate_in_subprocess(model, "npu", "bfloat16")
-                same = npu == cpu
-                print(f"  {'pass' if same else 'fail'} NPU vs CPU backend (bfloat16): "
-                      f"{'equal' if same else f'NPU {npu} != CPU {cpu}'}")
+                cpu = e2e.generate_in_subprocess(model, "cpu", "bfloat16", "NONE")
+                for mode in e2e.NPU_GRAPH_MODES:
+                    npu = e2e.generate_in_subprocess(model, "npu", "bfloat16", mode)
+                    same = npu == cpu
+                    print(f"  {'pass' if same else 'fail'} NPU ({mode}) vs CPU backend (eager, "
+                          f"bfloat16): {'equal' if same else f'NPU {npu} != CPU {cpu}'}")
+                    ok &= same
             else:
                 ref = e2e.hf_greedy(model, prompts, e2e.MAX_TOKENS)
                 cpu = e2e.generate_in_subprocess(model, "cpu", "float32")
                 same = cpu == ref
-                print(f"  {'pass' if same else 'fail'} CPU backend vs transformers (float32): "
-                      f"{'equal' if same else f'vLLM {cpu} != HF {ref}'}")
-                print("  skipped: the NPU engine run (no usable NPU on this host)")
-            ok &= same
+                print(f"  {'pass' if same else 'fail'} CPU backend (default graph mode) vs "
+                      f"transformers (float32): {'equal' if same else f'vLLM {cpu} != HF {ref}'}")
+                print("  skipped: the NPU engine runs (no usable NPU on this host)")
+                ok &= same
         except Exception as exc:
             print(f"  fail end-to-end run: {type(exc).__name__}: {exc}")
             ok = False

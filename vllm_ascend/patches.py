@@ -7,11 +7,10 @@ applied once per process by the ``register_ops`` general plugin, only while the 
 from __future__ import annotations
 
 import functools
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-
-import torch
 
 from vllm_ascend import device
 
@@ -67,13 +66,35 @@ PATCHES: tuple[Patch, ...] = (
     Patch("torch.cuda.current_stream", _BOTH, _STREAM_WHY, _REMOVE_STREAMS,
           _device_attr("current_stream")),
     Patch("torch.cuda.stream", _BOTH, _STREAM_WHY, _REMOVE_STREAMS, _device_attr("stream")),
+    Patch("vllm.distributed.parallel_state.GroupCoordinator.graph_capture", _BOTH,
+          "Every graph capture enters GroupCoordinator.graph_capture for the TP/PP/DP groups, "
+          "which asserts a CUDA or XPU device communicator on any group of more than one rank "
+          "(to enter their custom all-reduce capture modes) and uses torch.cuda streams. With "
+          "tensor parallel the assertion stops every capture. The replacement keeps the stream "
+          "discipline on the device layer (distributed/graph_capture.py).",
+          "vLLM asks the device communicator for its capture context instead of asserting "
+          "CUDA/XPU", lambda: _graph_capture()),
 )
 
 
+def _graph_capture():
+    from vllm_ascend.distributed.graph_capture import group_graph_capture
+
+    return group_graph_capture
+
+
 def _resolve_owner(target: str) -> tuple[Any, str]:
+    """The object owning ``target``'s attribute: the longest importable module prefix, then
+    attributes (``torch.accelerator.synchronize``, ``vllm.x.y.Class.method``)."""
     owner_path, attr = target.rsplit(".", 1)
-    owner: Any = torch
-    for part in owner_path.split(".")[1:]:
+    parts = owner_path.split(".")
+    for end in range(len(parts), 0, -1):
+        try:
+            owner: Any = importlib.import_module(".".join(parts[:end]))
+            break
+        except ImportError:
+            continue
+    for part in parts[end:]:
         owner = getattr(owner, part)
     return owner, attr
 

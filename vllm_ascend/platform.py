@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from vllm.platforms.interface import Platform, PlatformEnum
 
-from vllm_ascend import device
+from vllm_ascend import device, graph_modes
 from vllm_ascend.logger import init_logger
 
 if TYPE_CHECKING:
@@ -22,6 +22,8 @@ if TYPE_CHECKING:
 logger = init_logger(__name__)
 
 _DEVICE = device.current()
+# Before any VllmConfig exists: PIECEWISE graphs need vLLM's breakable capture (graph_modes.py).
+graph_modes.enable_breakable_capture()
 
 WORKER_CLS = "vllm_ascend.worker.worker.NPUWorker"
 ATTENTION_BACKEND_CLS = "vllm_ascend.attention.backend.AscendAttentionBackend"
@@ -156,7 +158,7 @@ class NPUPlatform(Platform):
     @classmethod
     def support_static_graph_mode(cls) -> bool:
         # Lets vLLM compute capture sizes; which modes actually run is decided in
-        # apply_config_platform_defaults/check_and_update_config (FULL_DECODE_ONLY on request).
+        # graph_modes.py (resolve_mode, then finalize_sizes).
         return True
 
     @classmethod
@@ -178,26 +180,13 @@ class NPUPlatform(Platform):
     # ---- configuration ---------------------------------------------------------------------
     @classmethod
     def apply_config_platform_defaults(cls, vllm_config: VllmConfig) -> None:
-        # Runs before vLLM fills in its optimization-level defaults, so this is the one place
-        # where an unset cudagraph_mode (None) can be told apart from the user's request.
-        # Graphs are opt-in this release: unset means eager (NONE); FULL_DECODE_ONLY is the
-        # one mode captured; any other requested mode runs eager with one warning.
-        from vllm.config import CUDAGraphMode
-
-        compilation_config = vllm_config.compilation_config
-        requested = compilation_config.cudagraph_mode
-        if requested is None:
-            compilation_config.cudagraph_mode = CUDAGraphMode.NONE
-        elif requested not in (CUDAGraphMode.NONE, CUDAGraphMode.FULL_DECODE_ONLY):
-            logger.warning(
-                "vllm-ascend: cudagraph_mode %s is not supported; running eager (NONE). "
-                "Graph capture is available as cudagraph_mode=FULL_DECODE_ONLY",
-                requested.name)
-            compilation_config.cudagraph_mode = CUDAGraphMode.NONE
+        # Runs before vLLM fills in its optimization-level defaults and capture sizes, so this
+        # is where an unset cudagraph_mode (None) is told apart from the user's request.
+        graph_modes.resolve_mode(vllm_config, _DEVICE.device_type)
 
     @classmethod
     def check_and_update_config(cls, vllm_config: VllmConfig) -> None:
-        from vllm.config import CompilationMode, CUDAGraphMode
+        from vllm.config import CompilationMode
 
         parallel_config = vllm_config.parallel_config
         if parallel_config.worker_cls == "auto":
@@ -216,22 +205,11 @@ class NPUPlatform(Platform):
         compilation_config = vllm_config.compilation_config
         # No torch.compile on either backend: vLLM's Inductor path and its fusion passes call
         # vllm._C / Triton kernels that do not exist here. Custom ops are all on so our
-        # register_oot layers run. Graphs: FULL_DECODE_ONLY when the user asked for it (whole
-        # uniform-decode forwards captured with the device layer's graphs, see
-        # worker/graph_wrapper.py); everything else runs eager.
+        # register_oot layers run. Graphs are captured without a compiler (graph_modes.py).
         if compilation_config.mode != CompilationMode.NONE:
             logger.info("vllm-ascend: compilation mode %s replaced by NONE (no torch.compile)",
                         compilation_config.mode)
         compilation_config.mode = CompilationMode.NONE
-        if compilation_config.cudagraph_mode == CUDAGraphMode.FULL_DECODE_ONLY:
-            _check_graph_mode_supported(vllm_config)
-        else:
-            if compilation_config.cudagraph_mode != CUDAGraphMode.NONE:
-                logger.warning("vllm-ascend: cudagraph_mode %s is not supported; running eager",
-                               compilation_config.cudagraph_mode.name)
-            compilation_config.cudagraph_mode = CUDAGraphMode.NONE
-            compilation_config.cudagraph_capture_sizes = []
-            compilation_config.max_cudagraph_capture_size = 0
         if "all" not in compilation_config.custom_ops:
             if "none" in compilation_config.custom_ops:
                 logger.warning("vllm-ascend: custom_ops 'none' replaced by 'all': the Ascend "
@@ -254,49 +232,8 @@ class NPUPlatform(Platform):
         if cache_config is not None and not cache_config.user_specified_block_size:
             cache_config.block_size = DEFAULT_BLOCK_SIZE
         check_attention_support(vllm_config)
-        if compilation_config.cudagraph_mode == CUDAGraphMode.FULL_DECODE_ONLY:
-            _cap_capture_sizes(vllm_config)
+        graph_modes.finalize_sizes(vllm_config)
         _refuse_async_scheduling_with_speculation(vllm_config)
-
-
-def _check_graph_mode_supported(vllm_config: VllmConfig) -> None:
-    """FULL_DECODE_ONLY is captured on a single device only this release."""
-    parallel_config = vllm_config.parallel_config
-    sizes = {
-        "tensor_parallel_size": parallel_config.tensor_parallel_size,
-        "pipeline_parallel_size": parallel_config.pipeline_parallel_size,
-        "data_parallel_size": parallel_config.data_parallel_size,
-    }
-    parallel = {name: size for name, size in sizes.items() if size > 1}
-    if parallel:
-        # vLLM's graph_capture() context expects a CUDA/XPU communicator on every group of
-        # more than one rank; capturing collectives (HCCL on the NPU) is a later step.
-        raise ValueError(
-            "vllm-ascend: cudagraph_mode=FULL_DECODE_ONLY is supported on a single device only "
-            f"yet ({', '.join(f'{k}={v}' for k, v in parallel.items())}); pass --enforce-eager "
-            "or drop cudagraph_mode"
-        )
-
-
-def _cap_capture_sizes(vllm_config: VllmConfig) -> None:
-    """Captured batch sizes stay within one KV block: the padding tokens of a replayed (or
-    captured) batch write distinct slots of the reserved null block 0 (attention/impl.py)."""
-    compilation_config = vllm_config.compilation_config
-    limit = vllm_config.cache_config.block_size
-    sizes = sorted(compilation_config.cudagraph_capture_sizes or [])
-    kept = [size for size in sizes if size <= limit]
-    if kept != sizes:
-        logger.warning("vllm-ascend: graph capture sizes above the block size (%d) dropped: %s",
-                       limit, [size for size in sizes if size > limit])
-    compilation_config.cudagraph_capture_sizes = kept
-    compilation_config.max_cudagraph_capture_size = kept[-1] if kept else 0
-    if not kept:
-        from vllm.config import CUDAGraphMode
-
-        logger.warning("vllm-ascend: no graph capture size left; running eager")
-        compilation_config.cudagraph_mode = CUDAGraphMode.NONE
-        return
-    logger.info("vllm-ascend: FULL_DECODE_ONLY graphs for decode batches of %s", kept)
 
 
 def check_attention_support(vllm_config: VllmConfig) -> None:

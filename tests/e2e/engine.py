@@ -59,3 +59,28 @@ def generate_once(model, prompts: list[list[int]], max_tokens: int, **kwargs) ->
     this call (a stale LLM collected later would tear down the next engine's process groups)."""
     with engine(model, **kwargs) as llm:
         return greedy(llm, prompts, max_tokens)
+
+
+def graph_replays(llm) -> dict[str, dict[int, int]]:
+    """Replays per captured size of the (first) worker's graph wrappers: "full" (whole decode
+    graphs, keyed by decode batch size) and "piecewise" (keyed by token count)."""
+
+    def read(worker):
+        from vllm_ascend.worker.breakable_graph import AscendBreakableGraphWrapper
+        from vllm_ascend.worker.graph_wrapper import AscendGraphWrapper
+
+        found, model = {}, worker.model_runner.model
+        while isinstance(model, (AscendGraphWrapper, AscendBreakableGraphWrapper)):
+            if isinstance(model, AscendGraphWrapper):
+                found["full"] = {desc.num_tokens: entry.cudagraph.num_replays
+                                 for desc, entry in model.concrete_cudagraph_entries.items()}
+            else:
+                found["piecewise"] = dict(model.replays)
+            model = model.runnable
+        return found
+
+    return llm.collective_rpc(read)[0]
+
+
+def total_replays(llm) -> int:
+    return sum(sum(sizes.values()) for sizes in graph_replays(llm).values())

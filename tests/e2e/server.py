@@ -49,10 +49,12 @@ class Server:
         except OSError:
             return False
 
-    def output(self) -> str:
+    def output(self, tail: int | None = 6000) -> str:
+        """The server's log (stdout and stderr), its last ``tail`` characters by default."""
         self.log.flush()
         self.log.seek(0)
-        return self.log.read()[-6000:]
+        text = self.log.read()
+        return text if tail is None else text[-tail:]
 
     def stop(self, timeout: float = 60.0) -> int:
         if self.proc.poll() is None:

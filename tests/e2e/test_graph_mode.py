@@ -1,6 +1,10 @@
-"""FULL_DECODE_ONLY graph mode (opt-in): uniform decode steps run as captured graphs (the op tape on
-the CPU backend), padded to the captured sizes; prefill and mixed steps run eager beside them.
-Greedy output equals Hugging Face token for token."""
+"""Graph modes on the CPU backend (the op tape standing in for NPUGraph): the default PIECEWISE
+(graph segments with attention eager between them), FULL_DECODE_ONLY (uniform decode steps as
+whole graphs, lengths updated before each replay) and FULL_AND_PIECEWISE. Batches are padded
+to the captured sizes; greedy output equals Hugging Face token for token; replay counters show
+the graphs ran; negative tests show what the tape catches (frozen lengths, missing breaks).
+tests/e2e/test_greedy_vs_hf.py runs the scheduling paths (chunked prefill, prefix caching,
+preemption, tensor parallel 2) in both modes."""
 
 from __future__ import annotations
 
@@ -9,11 +13,11 @@ import json
 import logging
 
 import pytest
-from engine import engine, greedy, random_prompts
+from engine import engine, graph_replays, greedy, random_prompts
 from hf_reference import hf_greedy
 
 from vllm_ascend.device import tape_graph
-from vllm_ascend.worker import graph_wrapper
+from vllm_ascend.worker import breakable_graph, graph_wrapper
 
 SIZES = [1, 2, 4, 8]
 GRAPHS = {"cudagraph_mode": "FULL_DECODE_ONLY", "cudagraph_capture_sizes": SIZES}
@@ -49,18 +53,6 @@ def log_records(name: str):
         logger.removeFilter(collect)
 
 
-def graph_replays_by_size(llm) -> dict[int, int]:
-    """Replays per captured batch size, read from the model's graph wrapper."""
-    def read(worker):
-        wrapper = worker.model_runner.model
-        assert isinstance(wrapper, graph_wrapper.AscendGraphWrapper), type(wrapper)
-        return {desc.num_tokens: entry.cudagraph.num_replays
-                for desc, entry in wrapper.concrete_cudagraph_entries.items()}
-
-    (replays,) = llm.collective_rpc(read)
-    return replays
-
-
 @pytest.fixture(scope="module", params=["llama", "qwen3_moe"])
 def graph_engine(request, checkpoints):
     path = checkpoints(request.param)
@@ -77,9 +69,9 @@ def test_decode_graphs_match_hf(graph_engine):
         "FULL_DECODE_ONLY")
     for n, lengths in BATCHES.items():
         prompts = random_prompts(lengths, vocab_of(path), seed=n)
-        before = graph_replays_by_size(llm)
+        before = graph_replays(llm)["full"]
         got = greedy(llm, prompts, MAX_TOKENS)
-        after = graph_replays_by_size(llm)
+        after = graph_replays(llm)["full"]
         assert got == hf_greedy(path, prompts, MAX_TOKENS, ignore_eos=True), (model, n)
         # The batch of n decodes ran as the graph of the next captured size up (padded).
         padded = min(size for size in SIZES if size >= n)
@@ -100,39 +92,84 @@ def test_frozen_lengths_diverge_from_hf(graph_engine, monkeypatch):
     assert got != hf_greedy(path, prompts, MAX_TOKENS, ignore_eos=True), model
 
 
-def test_unsupported_mode_runs_eager_with_a_warning(checkpoints):
-    path = checkpoints("llama")
-    prompts = random_prompts(BATCHES[3], vocab_of(path), seed=3)
+def num_layers(path) -> int:
+    return json.loads((path / "config.json").read_text())["num_hidden_layers"]
+
+
+def test_default_is_piecewise_and_matches_hf(checkpoints):
+    """No graph option: PIECEWISE at the CPU backend's default sizes, each size captured as
+    layers + 1 segments; decode batches of 3 and 5 replay the segments of 4 and 8 (padded),
+    with attention run eagerly on the real tokens between them."""
+    path = checkpoints("qwen3")
     captures_before = tape_graph.COUNTERS["captures"]
-    replays_before = tape_graph.COUNTERS["replays"]
-    with log_records("vllm.vllm_ascend.platform") as records:
-        with engine(path, compilation_config={"cudagraph_mode": "PIECEWISE"}) as llm:
+    with log_records("vllm.vllm_ascend.worker.worker") as records:
+        with engine(path) as llm:
+            cc = llm.llm_engine.vllm_config.compilation_config
+            captures = tape_graph.COUNTERS["captures"] - captures_before
+            for n, lengths in BATCHES.items():
+                prompts = random_prompts(lengths, vocab_of(path), seed=n)
+                before = graph_replays(llm)["piecewise"]
+                got = greedy(llm, prompts, MAX_TOKENS)
+                after = graph_replays(llm)["piecewise"]
+                assert got == hf_greedy(path, prompts, MAX_TOKENS, ignore_eos=True), n
+                padded = 4 if n == 3 else 8
+                assert after.get(padded, 0) > before.get(padded, 0), (n, before, after)
+    assert cc.cudagraph_mode.name == "PIECEWISE"
+    assert cc.cudagraph_capture_sizes == [1, 2, 4, 8, 16]
+    assert captures == 5 * (num_layers(path) + 1)
+    logged = [r.getMessage() for r in records if r.getMessage().startswith("Graph capture")]
+    assert len(logged) == 1 and logged[0].startswith("Graph capture (PIECEWISE"), logged
+
+
+def test_attention_captured_inside_a_segment_diverges(checkpoints, monkeypatch):
+    """Without the eager break, attention is recorded into the graph segment with the lengths
+    of the capture batch; replays then attend with those and the output goes wrong. (What the
+    break exists for, shown by the tape as a device graph would show it.)"""
+    monkeypatch.setattr(breakable_graph.DeviceSegmentCapture, "add_eager",
+                        lambda self, fn: fn())
+    path = checkpoints("qwen3")
+    prompts = random_prompts(BATCHES[3], vocab_of(path), seed=3)
+    with engine(path) as llm:
+        got = greedy(llm, prompts, MAX_TOKENS)
+        assert sum(graph_replays(llm)["piecewise"].values()) > 0
+    assert got != hf_greedy(path, prompts, MAX_TOKENS, ignore_eos=True)
+
+
+def test_full_runs_full_and_piecewise_with_a_warning(checkpoints):
+    """FULL (whole graphs of mixed batches) is not offered: it runs as FULL_AND_PIECEWISE,
+    uniform decodes as whole graphs and small mixed or prefill steps as piecewise graphs."""
+    path = checkpoints("qwen2")
+    # 3 short prompts: the 9-token prefill step is replayed piecewise (padded to 16).
+    prompts = random_prompts([3, 4, 2], vocab_of(path), seed=7)
+    with log_records("vllm.vllm_ascend.graph_modes") as records:
+        with engine(path, compilation_config={"cudagraph_mode": "FULL"}) as llm:
             mode = llm.llm_engine.vllm_config.compilation_config.cudagraph_mode
             got = greedy(llm, prompts, MAX_TOKENS)
+            replays = graph_replays(llm)
     warnings = [r.getMessage() for r in records if r.levelno == logging.WARNING]
-    assert len([w for w in warnings if "not supported" in w]) == 1, warnings
-    assert "PIECEWISE is not supported" in warnings[0]
-    assert mode.name == "NONE"
-    assert tape_graph.COUNTERS["captures"] == captures_before
-    assert tape_graph.COUNTERS["replays"] == replays_before
+    assert len(warnings) == 1 and "FULL_AND_PIECEWISE" in warnings[0], warnings
+    assert mode.name == "FULL_AND_PIECEWISE"
+    assert replays["full"].get(4, 0) > 0 and replays["piecewise"].get(16, 0) > 0, replays
     assert got == hf_greedy(path, prompts, MAX_TOKENS, ignore_eos=True)
 
 
-def test_kv_budget_leaves_room_for_graphs(checkpoints):
+@pytest.mark.parametrize("graphs", [GRAPHS, {}], ids=["full_decode_only", "default"])
+def test_kv_budget_leaves_room_for_graphs(checkpoints, graphs):
     """Without an explicit KV size, the KV cache gets the budget less what is in use and less
     vLLM's estimate of the graphs' memory (measured by capturing two sizes first)."""
     path = checkpoints("llama")
     with log_records("vllm.vllm_ascend.worker.worker") as records:
-        with engine(path, compilation_config=GRAPHS, kv_cache_memory_bytes=None,
+        with engine(path, compilation_config=graphs, kv_cache_memory_bytes=None,
                     gpu_memory_utilization=0.9) as llm:
             (estimate,) = llm.collective_rpc(lambda worker: worker.graph_memory_estimate)
             got = greedy(llm, [[11, 12, 13]], 4)
     assert len(got[0]) == 4
-    assert estimate >= len(SIZES) << 20, estimate  # at least 1 MiB per graph
+    sizes = GRAPHS["cudagraph_capture_sizes"] if graphs else [1, 2, 4, 8, 16]
+    assert estimate >= len(sizes) << 20, estimate  # at least 1 MiB per captured size
     budget_lines = [r for r in records if r.getMessage().startswith("KV cache:")]
     assert len(budget_lines) == 1 and "estimated for graphs" in budget_lines[0].getMessage()
     available, budget, used, graphs_mib = (float(a) for a in budget_lines[0].args)
-    graphs = graphs_mib / 1024
     assert graphs_mib == pytest.approx(estimate / (1 << 20))
-    assert any(r.getMessage().startswith("Graph capture (FULL_DECODE_ONLY") for r in records)
-    assert available == pytest.approx(budget - used - graphs, abs=0.02)
+    mode = "FULL_DECODE_ONLY" if graphs else "PIECEWISE"
+    assert any(r.getMessage().startswith(f"Graph capture ({mode}") for r in records)
+    assert available == pytest.approx(budget - used - graphs_mib / 1024, abs=0.02)

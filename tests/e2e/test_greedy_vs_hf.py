@@ -1,5 +1,8 @@
 """The engine through the plugin (CPU backend) equals Hugging Face transformers' greedy output,
-token for token, on the test checkpoints."""
+token for token, on the test checkpoints, with graphs on: each test runs either the default
+(PIECEWISE: graph segments replayed with attention eager between them) or FULL_DECODE_ONLY
+(whole decode graphs), and checks that replays really happened (5 running requests replay
+the graphs of 8, padded)."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ import json
 
 import pytest
 import torch
-from engine import counter, engine, generate_once, greedy, random_prompts
+from engine import counter, engine, greedy, random_prompts, total_replays
 from hf_reference import hf_greedy, hf_logprobs
 
 # mistral_sw: sliding window 32, shorter than most prompts here.
@@ -21,6 +24,19 @@ MAX_TOKENS = 20
 BF16_MEAN_LOGPROB_TOL = 0.1
 BF16_MAX_LOGPROB_TOL = 0.5
 BF16_TIE_GAP = 0.25
+# Graph modes: the default (PIECEWISE), or whole decode graphs.
+MODES = {
+    "default": {},
+    "full_decode": {"compilation_config": {"cudagraph_mode": "FULL_DECODE_ONLY"}},
+}
+
+
+def run_greedy(llm, prompts, max_tokens=MAX_TOKENS):
+    """Greedy outputs, asserting that graph replays served part of the run."""
+    before = total_replays(llm)
+    got = greedy(llm, prompts, max_tokens)
+    assert total_replays(llm) > before, "no graph was replayed"
+    return got
 
 
 def vocab_of(path) -> int:
@@ -41,54 +57,55 @@ def reference(checkpoints):
 
 
 @pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("block_size", [None, 256])
-def test_mixed_batch_matches_hf(checkpoints, reference, model, block_size):
+@pytest.mark.parametrize("block_size, mode", [(None, "default"), (256, "full_decode")])
+def test_mixed_batch_matches_hf(checkpoints, reference, model, block_size, mode):
     path = checkpoints(model)
     prompts = random_prompts(LENGTHS, vocab_of(path))
     kwargs = {} if block_size is None else {"block_size": block_size}
-    with engine(path, **kwargs) as llm:
-        got = greedy(llm, prompts, MAX_TOKENS)
+    with engine(path, **kwargs, **MODES[mode]) as llm:
+        got = run_greedy(llm, prompts)
         resolved = llm.llm_engine.vllm_config.cache_config.block_size
     assert resolved == (block_size or 128), "the platform default block size is 128"
     assert got == reference(model, prompts)
 
 
-@pytest.mark.parametrize("model", ["llama", "qwen3_moe"])
-def test_small_chunked_prefill_matches_hf(checkpoints, reference, model):
+@pytest.mark.parametrize("model, mode", [("llama", "default"), ("qwen3_moe", "full_decode")])
+def test_small_chunked_prefill_matches_hf(checkpoints, reference, model, mode):
     path = checkpoints(model)
     prompts = random_prompts(LENGTHS, vocab_of(path))
     # 64-token steps: the 130- and 300-token prompts are prefilled in chunks beside decodes.
-    with engine(path, max_num_batched_tokens=64, enable_chunked_prefill=True) as llm:
-        got = greedy(llm, prompts, MAX_TOKENS)
+    with engine(path, max_num_batched_tokens=64, enable_chunked_prefill=True,
+                **MODES[mode]) as llm:
+        got = run_greedy(llm, prompts)
     assert got == reference(model, prompts)
 
 
-@pytest.mark.parametrize("model", ["llama", "qwen2"])
-def test_prefix_cache_hits_match_hf(checkpoints, reference, model):
+@pytest.mark.parametrize("model, mode", [("llama", "default"), ("qwen2", "full_decode")])
+def test_prefix_cache_hits_match_hf(checkpoints, reference, model, mode):
     path = checkpoints(model)
     vocab = vocab_of(path)
     shared = random_prompts([300], vocab, seed=1)[0]
     # The shared prefix fills two 128-token blocks and part of a third (a partial-block hit is
     # recomputed); the suffixes differ in length.
     prompts = [shared + tail for tail in random_prompts([3, 20, 41], vocab, seed=2)]
-    with engine(path, enable_prefix_caching=True) as llm:
+    with engine(path, enable_prefix_caching=True, **MODES[mode]) as llm:
         greedy(llm, [shared + [9, 10]], 2)  # fills the cache with the shared prefix
         hits_before = counter(llm, "vllm:prefix_cache_hits")
-        got = greedy(llm, prompts, MAX_TOKENS)
+        got = run_greedy(llm, prompts)
         hits = counter(llm, "vllm:prefix_cache_hits") - hits_before
     assert hits >= 3 * 256, f"expected prefix-cache hits, got {hits} tokens"
     assert got == reference(model, prompts)
 
 
-@pytest.mark.parametrize("model", ["llama", "mixtral"])
-def test_preemption_matches_hf(checkpoints, reference, model):
+@pytest.mark.parametrize("model, mode", [("llama", "default"), ("mixtral", "full_decode")])
+def test_preemption_matches_hf(checkpoints, reference, model, mode):
     path = checkpoints(model)
     prompts = random_prompts([100, 90, 80, 70, 60, 50], vocab_of(path), seed=3)
     max_tokens = 40
     # 4 blocks of 128 tokens admit four prompts, then the two that grow past 128 tokens
     # (100 + 40, 90 + 40) need a second block each and someone is preempted.
-    with engine(path, num_gpu_blocks_override=4, max_model_len=256) as llm:
-        got = greedy(llm, prompts, max_tokens)
+    with engine(path, num_gpu_blocks_override=4, max_model_len=256, **MODES[mode]) as llm:
+        got = run_greedy(llm, prompts, max_tokens)
         preemptions = counter(llm, "vllm:num_preemptions")
     assert preemptions > 0, "the small KV cache should have forced preemption"
     assert got == reference(model, prompts, max_tokens)
@@ -128,21 +145,25 @@ def test_bf16_logprobs_track_fp32_hf(checkpoints, reference, model, record_prope
     assert float(diffs_t.max()) < BF16_MAX_LOGPROB_TOL
 
 
-@pytest.mark.parametrize("model", ["qwen2", "qwen3_moe"])
-def test_tensor_parallel_2_matches_hf(checkpoints, reference, model, monkeypatch):
+@pytest.mark.parametrize("model, mode", [("qwen2", "default"), ("qwen3_moe", "full_decode")])
+def test_tensor_parallel_2_matches_hf(checkpoints, reference, model, mode, monkeypatch):
     # Two worker processes with gloo collectives: sharded linears, vocab-parallel embedding
-    # masking (qwen2 ties it to the LM head) and sharded experts.
+    # masking (qwen2 ties it to the LM head) and sharded experts; the all-reduces are captured
+    # in the graphs and replayed (the tape waits on each collective's work).
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    # The replay counters are read from the workers with a function (pickled; loopback only).
+    monkeypatch.setenv("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
     path = checkpoints(model)
     prompts = random_prompts(LENGTHS, vocab_of(path))
-    got = generate_once(path, prompts, MAX_TOKENS, tensor_parallel_size=2,
-                        distributed_executor_backend="mp")
+    with engine(path, tensor_parallel_size=2, distributed_executor_backend="mp",
+                **MODES[mode]) as llm:
+        got = run_greedy(llm, prompts)
     assert got == reference(model, prompts)
 
 
-@pytest.mark.parametrize("model", ["llama", "qwen3"])  # head sizes 64 and 128
+@pytest.mark.parametrize("model, mode", [("llama", "default"), ("qwen3", "full_decode")])
 def test_bf16_with_prefix_cache_chunking_and_preemption_is_fp32_greedy_up_to_ties(
-        checkpoints, model, capsys):
+        checkpoints, model, mode, capsys):
     """bf16 through every scheduling path at once (prefix-cache hits, 64-token prefill chunks
     beside decodes, preemption from a 5-block cache), checked against an independent reference:
     at every step the engine's token must be Hugging Face fp32's argmax on the engine's own
@@ -155,10 +176,10 @@ def test_bf16_with_prefix_cache_chunking_and_preemption_is_fp32_greedy_up_to_tie
     prompts = [shared + tail for tail in random_prompts([90, 95, 100, 105, 110], vocab, seed=6)]
     max_tokens = 30
     with engine(path, dtype="bfloat16", enable_prefix_caching=True, enable_chunked_prefill=True,
-                max_num_batched_tokens=64, num_gpu_blocks_override=5) as llm:
+                max_num_batched_tokens=64, num_gpu_blocks_override=5, **MODES[mode]) as llm:
         greedy(llm, [shared + [9]], 1)  # caches the shared prefix's first block
         hits_before = counter(llm, "vllm:prefix_cache_hits")
-        got = greedy(llm, prompts, max_tokens)
+        got = run_greedy(llm, prompts, max_tokens)
         hits = counter(llm, "vllm:prefix_cache_hits") - hits_before
         preemptions = counter(llm, "vllm:num_preemptions")
     assert hits >= 128 and preemptions > 0, (hits, preemptions)

@@ -26,6 +26,15 @@ def client(server):
     return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
 
 
+def test_default_serve_captures_graphs_and_logs_it(client, server):
+    """No graph flag: the server captures PIECEWISE graphs at start-up and logs time and memory
+    (a request first, so start-up is surely over)."""
+    client.completions.create(model="test", prompt="a", max_tokens=1, temperature=0.0)
+    log = server.output(tail=None)
+    assert re.search(r"Graph capture \(PIECEWISE, sizes \[1, 2, 4, 8, 16\]\): [0-9.]+ s; "
+                     r"memory in use grew by -?[0-9.]+ MiB", log), log[-3000:]
+
+
 def test_completion(client):
     out = client.completions.create(model="test", prompt="The quick brown fox", max_tokens=8,
                                      temperature=0)

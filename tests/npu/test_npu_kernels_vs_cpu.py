@@ -25,9 +25,10 @@ def test_npu_kernel_matches_cpu_golden_reference(case):
     check_on_npu(case)
 
 
-def test_e2e_greedy_npu_equals_cpu_backend(tmp_path):
+@pytest.mark.parametrize("mode", e2e.NPU_GRAPH_MODES)
+def test_e2e_greedy_npu_equals_cpu_backend(tmp_path, mode):
     model = e2e.build_tiny_llama(tmp_path / "tiny-llama")
-    cpu = e2e.generate_in_subprocess(model, "cpu", "bfloat16")
-    npu = e2e.generate_in_subprocess(model, "npu", "bfloat16")
+    cpu = e2e.generate_in_subprocess(model, "cpu", "bfloat16", "NONE")
+    npu = e2e.generate_in_subprocess(model, "npu", "bfloat16", mode)
     assert all(len(t) == e2e.MAX_TOKENS for t in cpu)
     assert npu == cpu

@@ -86,8 +86,8 @@ def test_selfcheck_passes_on_the_cpu_backend():
     for case in CASES:
         assert re.search(rf"^  pass {re.escape(case.name)} \(", out, re.M), case.name
     assert "skipped: the NPU kernels (no usable NPU on this host)" in out
-    assert "pass CPU backend vs transformers (float32): equal" in out
-    assert "skipped: the NPU engine run (no usable NPU on this host)" in out
+    assert "pass CPU backend (default graph mode) vs transformers (float32): equal" in out
+    assert "skipped: the NPU engine runs (no usable NPU on this host)" in out
     assert out.rstrip().endswith("self-check passed")
 
 

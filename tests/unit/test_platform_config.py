@@ -41,8 +41,13 @@ def test_config_adaptation(llama, enforce_eager, chunked_prefill, tp):
     assert cfg.parallel_config.worker_cls == "vllm_ascend.worker.worker.NPUWorker"
     assert cfg.parallel_config.tensor_parallel_size == tp
     assert cfg.compilation_config.mode == CompilationMode.NONE
-    assert cfg.compilation_config.cudagraph_mode == CUDAGraphMode.NONE
-    assert cfg.compilation_config.cudagraph_capture_sizes == []
+    if enforce_eager:
+        assert cfg.compilation_config.cudagraph_mode == CUDAGraphMode.NONE
+        assert cfg.compilation_config.cudagraph_capture_sizes == []
+    else:  # the default: piecewise graphs, batches up to the CPU backend's default of 16
+        assert cfg.compilation_config.cudagraph_mode == CUDAGraphMode.PIECEWISE
+        assert cfg.compilation_config.cudagraph_capture_sizes == [1, 2, 4, 8, 16]
+        assert cfg.compilation_config.max_cudagraph_capture_size == 16
     assert "all" in cfg.compilation_config.custom_ops
     assert cfg.scheduler_config.async_scheduling is False  # CPU backend
     assert cfg.scheduler_config.enable_chunked_prefill == chunked_prefill
@@ -132,13 +137,52 @@ def test_fp32_is_the_cpu_backends_relaxation_only(monkeypatch):
     platform.NPUPlatform.check_if_supports_dtype(torch.bfloat16)
 
 
-@pytest.mark.parametrize("mode", ["PIECEWISE", "FULL", "FULL_AND_PIECEWISE"])
-def test_unsupported_graph_modes_run_eager(llama, mode):
-    from vllm.config import CUDAGraphMode
-
+@pytest.mark.parametrize("mode, expected", [
+    ("PIECEWISE", "PIECEWISE"),
+    ("FULL_AND_PIECEWISE", "FULL_AND_PIECEWISE"),
+    ("FULL", "FULL_AND_PIECEWISE"),  # whole mixed-batch graphs are not offered
+    ("NONE", "NONE"),
+])
+def test_graph_modes(llama, mode, expected):
     cfg = make_config(llama, compilation_config={"cudagraph_mode": mode})
-    assert cfg.compilation_config.cudagraph_mode == CUDAGraphMode.NONE
-    assert cfg.compilation_config.cudagraph_capture_sizes == []
+    cc = cfg.compilation_config
+    assert cc.cudagraph_mode.name == expected
+    if expected == "NONE":
+        assert cc.cudagraph_capture_sizes == [] and cc.max_cudagraph_capture_size == 0
+    else:
+        assert cc.cudagraph_capture_sizes == [1, 2, 4, 8, 16]
+
+
+def test_explicit_capture_sizes_win_over_the_cpu_default(llama):
+    cfg = make_config(llama, compilation_config={"max_cudagraph_capture_size": 64})
+    assert cfg.compilation_config.cudagraph_capture_sizes[-1] == 64
+    cfg = make_config(llama, compilation_config={"cudagraph_capture_sizes": [3, 200]})
+    assert cfg.compilation_config.cudagraph_capture_sizes == [3, 200]
+    # Whole decode graphs stay within one block: 200 is dropped for FULL_AND_PIECEWISE.
+    cfg = make_config(llama, compilation_config={"cudagraph_capture_sizes": [3, 200],
+                                                 "cudagraph_mode": "FULL_AND_PIECEWISE"})
+    assert cfg.compilation_config.cudagraph_capture_sizes == [3]
+
+
+def test_breakable_capture_opt_out(llama, monkeypatch):
+    """VLLM_USE_BREAKABLE_CUDAGRAPH=0 takes piecewise graphs away (there is no compiler to
+    split the model instead): PIECEWISE runs eager, FULL_AND_PIECEWISE whole decode graphs."""
+    monkeypatch.setenv("VLLM_USE_BREAKABLE_CUDAGRAPH", "0")
+    assert make_config(llama).compilation_config.cudagraph_mode.name == "NONE"
+    cfg = make_config(llama, compilation_config={"cudagraph_mode": "FULL_AND_PIECEWISE"})
+    assert cfg.compilation_config.cudagraph_mode.name == "FULL_DECODE_ONLY"
+
+
+def test_graph_budget_keeps_spread_sizes(llama, monkeypatch):
+    """An NPU holds about 1800 graphs; a piecewise size costs layers + 1 of them. The tiny
+    model has 2 layers (3 graphs a size): a budget of 12 keeps 4 sizes, the ends included."""
+    from vllm_ascend import graph_modes
+
+    monkeypatch.setattr(graph_modes, "NPU_GRAPH_BUDGET", 12)
+    cfg = make_config(llama, compilation_config={"max_cudagraph_capture_size": 64})
+    sizes = cfg.compilation_config.cudagraph_capture_sizes
+    assert len(sizes) == 4 and sizes[0] == 1 and sizes[-1] == 64, sizes
+    assert cfg.compilation_config.max_cudagraph_capture_size == 64
 
 
 def test_full_decode_only_is_kept_on_request(llama):
@@ -156,7 +200,14 @@ def test_full_decode_only_is_kept_on_request(llama):
     assert eager.compilation_config.cudagraph_mode == CUDAGraphMode.NONE
 
 
-def test_full_decode_only_with_tensor_parallel_is_refused(llama):
-    with pytest.raises(ValueError, match=r"single device.*--enforce-eager"):
-        make_config(llama, tensor_parallel_size=2, distributed_executor_backend="mp",
+def test_graphs_with_pipeline_parallel(llama):
+    """Tensor parallel captures; pipeline (and data) parallel do not yet: by default they run
+    eager, and an explicit request is refused."""
+    cfg = make_config(llama, pipeline_parallel_size=2, distributed_executor_backend="mp")
+    assert cfg.compilation_config.cudagraph_mode.name == "NONE"
+    with pytest.raises(ValueError, match=r"pipeline_parallel_size=2.*--enforce-eager"):
+        make_config(llama, pipeline_parallel_size=2, distributed_executor_backend="mp",
                     compilation_config={"cudagraph_mode": "FULL_DECODE_ONLY"})
+    tp = make_config(llama, tensor_parallel_size=2, distributed_executor_backend="mp",
+                     compilation_config={"cudagraph_mode": "FULL_DECODE_ONLY"})
+    assert tp.compilation_config.cudagraph_mode.name == "FULL_DECODE_ONLY"

@@ -27,6 +27,9 @@ the same contract, so graph-mode code is exercised, and fails, on the host as it
   The change persists for every later replay. On an NPU the captured graph also waits, at each
   such call, on an event that ``update()`` records; on the tape ``update()`` must simply come
   before the ``replay()`` it is meant for (the order that is valid on both).
+* Collectives (``c10d::*`` ops, e.g. tensor-parallel all-reduce over gloo) are recorded like any
+  op; a replay waits on the work handle each returns before the next op, as the eager call did
+  (on an NPU the HCCL kernels are captured into the graph's stream).
 * Host-device synchronisation inside a capture (``.item()``, ``nonzero``, ``equal``, ...) raises,
   as a device capture does.
 * Random ops draw fresh numbers from the generator's state at each replay (like CUDA/NPU graphs,
@@ -75,6 +78,9 @@ _UNINITIALISED_FACTORIES = frozenset({
     "empty.memory_format", "empty_strided.default", "new_empty.default",
     "new_empty_strided.default", "empty_like.default",
 })
+
+# Marks a recorded collective: its result's last item is a c10d work handle to wait on.
+WAIT = "wait"
 
 # Process-wide totals, for tests and logs.
 COUNTERS: collections.Counter = collections.Counter()
@@ -146,7 +152,8 @@ class _Step:
         self.name = func.__name__
         self.args = args  # list, so update() can replace a positional argument
         self.kwargs = kwargs
-        # None, or a list of (return index, list index or None, captured output tensor).
+        # None, or a list of (return index, list index or None, captured output tensor); or
+        # WAIT for a collective whose returned work handle a replay must wait on.
         self.copies = copies
         self.replayed = replayed
 
@@ -229,6 +236,13 @@ class TapeGraph:
                     continue  # a view of an input, or the input itself (in place, out=)
                 copies.append((i if len(results) > 1 else None, j, t))
         name = func.__name__
+        if any("c10d.Work" in str(r.type) for r in schema.returns):
+            if copies:
+                raise GraphCaptureError(f"graph capture: collective {func} returned a new "
+                                        "tensor; only in-place collectives can be replayed")
+            self._steps.append(_Step(func, _freeze(list(args)),
+                                     {k: _freeze(v) for k, v in kwargs.items()}, WAIT, True))
+            return
         all_alias = bool(schema.returns) and all(r.alias_info is not None for r in schema.returns)
         pure_view = all_alias and not writes and not copies
         replayed = not pure_view and name not in _UNINITIALISED_FACTORIES
@@ -246,6 +260,9 @@ class TapeGraph:
             for fn, args, kwargs, copies in self._plan:
                 out = fn(*args, **kwargs)
                 if copies is None:
+                    continue
+                if copies is WAIT:
+                    out[-1].wait()
                     continue
                 for i, j, dst in copies:
                     src = out if i is None else out[i]

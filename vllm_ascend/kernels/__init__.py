@@ -12,7 +12,10 @@ import functools
 def load() -> None:
     # CPU kernels of torch_npu ops: the CPU backend's implementation, and on an Ascend host the
     # golden references the NPU tests compare against (torch_npu owns the schemas there).
-    from vllm_ascend.kernels import extension, npu_ops  # noqa: F401
+    from vllm_ascend.kernels import extension, npu_ops, vllm_ops  # noqa: F401
+
+    # vLLM's graph capture calls _C.weak_ref_tensor, absent in the empty build.
+    vllm_ops.register()
 
     # On an NPU host: the Ascend C kernels, or the compositions (announced once) for a build made
     # with VLLM_ASCEND_BUILD_ASCENDC=0; an accidental CPU-only build is an error here.

@@ -6,9 +6,10 @@ The model (2 layers, head_dim 64, vocab 256, random weights from a fixed seed) i
 (``python -m vllm_ascend.selfcheck.e2e``) so that importing vLLM's platform never touches the
 calling process, and the backend is chosen by ``VLLM_ASCEND_DEVICE`` as a user would.
 
-Checks: on the CPU backend, the greedy tokens equal a greedy loop of Hugging Face transformers on
-the same weights (float32); on an Ascend host, the NPU tokens equal the CPU backend's token for
-token (bfloat16 on both, the NPU attention kernels not taking float32).
+Checks: on the CPU backend, the greedy tokens (default graph mode) equal a greedy loop of Hugging
+Face transformers on the same weights (float32); on an Ascend host, the NPU tokens in each graph
+mode (eager, PIECEWISE, FULL_DECODE_ONLY) equal the CPU backend's eager tokens, token for token
+(bfloat16 on both, the NPU attention kernels not taking float32).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ MAX_TOKENS = 8
 # mixing them (prefill and decode in one step).
 PROMPT_LENGTHS = (5, 37, 150)
 VOCAB = 256
+# Graph modes the NPU run is checked in; capture sizes cover the decode batches (3 requests).
+NPU_GRAPH_MODES = ("NONE", "PIECEWISE", "FULL_DECODE_ONLY")
+CAPTURE_SIZES = [1, 2, 4]
 RESULT_PREFIX = "SELFCHECK_TOKENS "
 TIMEOUT_S = 300
 
@@ -78,11 +82,13 @@ def hf_greedy(model_dir: Path, token_prompts: list[list[int]], max_tokens: int) 
     return outs
 
 
-def generate_in_subprocess(model_dir: Path, device: str, dtype: str) -> list[list[int]]:
-    """Greedy tokens from vLLM's LLM in a fresh interpreter with VLLM_ASCEND_DEVICE=device."""
+def generate_in_subprocess(model_dir: Path, device: str, dtype: str,
+                           graph_mode: str | None = None) -> list[list[int]]:
+    """Greedy tokens from vLLM's LLM in a fresh interpreter with VLLM_ASCEND_DEVICE=device, in
+    ``graph_mode`` (a cudagraph_mode name; None: the platform default)."""
     env = dict(os.environ, VLLM_ASCEND_DEVICE=device, VLLM_ENABLE_V1_MULTIPROCESSING="0")
     cmd = [sys.executable, "-m", "vllm_ascend.selfcheck.e2e", "--model", str(model_dir),
-           "--dtype", dtype]
+           "--dtype", dtype] + (["--graph-mode", graph_mode] if graph_mode else [])
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     for line in proc.stdout.splitlines():
         if line.startswith(RESULT_PREFIX):
@@ -91,11 +97,14 @@ def generate_in_subprocess(model_dir: Path, device: str, dtype: str) -> list[lis
     raise RuntimeError(f"the {device} engine run failed (exit {proc.returncode}):\n{tail}")
 
 
-def _engine_run(model_dir: str, dtype: str) -> list[list[int]]:
+def _engine_run(model_dir: str, dtype: str, graph_mode: str | None) -> list[list[int]]:
     from vllm import LLM, SamplingParams, TokensPrompt
 
+    graphs = {} if graph_mode is None else {"compilation_config": {
+        "cudagraph_mode": graph_mode,
+        "cudagraph_capture_sizes": CAPTURE_SIZES if graph_mode != "NONE" else []}}
     llm = LLM(model=model_dir, skip_tokenizer_init=True, dtype=dtype, max_model_len=256,
-              max_num_seqs=4, kv_cache_memory_bytes=32 << 20, seed=0, enforce_eager=True)
+              max_num_seqs=4, kv_cache_memory_bytes=32 << 20, seed=0, **graphs)
     params = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS, ignore_eos=True,
                             detokenize=False)
     outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts()], params,
@@ -107,8 +116,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="one greedy run of the self-check's tiny model")
     parser.add_argument("--model", required=True)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--graph-mode", default=None, help="cudagraph_mode (default: the "
+                        "platform's)")
     args = parser.parse_args(argv)
-    tokens = _engine_run(args.model, args.dtype)
+    tokens = _engine_run(args.model, args.dtype, args.graph_mode)
     print(RESULT_PREFIX + json.dumps(tokens), flush=True)
 
 

@@ -5,8 +5,9 @@ What differs, and nothing else:
   (see vllm_ascend/patches.py);
 - device synchronisation goes through the device layer;
 - the KV cache is allocated as dense K and V halves per layer (worker/kv_cache.py);
-- with cudagraph_mode=FULL_DECODE_ONLY, vLLM's full-graph wrapper is swapped for one that
-  captures with the device layer's graphs (worker/graph_wrapper.py).
+- vLLM's graph wrappers are swapped for ones that capture with the device layer's graphs:
+  whole decode graphs (worker/graph_wrapper.py) and piecewise graphs with eager attention
+  between the pieces (worker/breakable_graph.py).
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from __future__ import annotations
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
+from vllm.compilation.breakable_cudagraph import BreakableCUDAGraphWrapper
 from vllm.compilation.cuda_graph import CUDAGraphWrapper
 from vllm.v1.kv_cache_interface import KVCacheConfig
 from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 from vllm.v1.worker.utils import bind_kv_cache
 
 from vllm_ascend import device
+from vllm_ascend.worker.breakable_graph import AscendBreakableGraphWrapper, check_attention_breaks
 from vllm_ascend.worker.graph_wrapper import AscendGraphWrapper
 from vllm_ascend.worker.kv_cache import allocate_kv_caches
 
@@ -33,12 +36,7 @@ class NPUModelRunner(GPUModelRunner):
         self._use_device_graphs()
 
     def _use_device_graphs(self) -> None:
-        # vLLM wrapped the model in its CUDA-graph wrapper when full graphs are on; capture and
-        # replay go through the device layer instead.
-        if isinstance(self.model, CUDAGraphWrapper) and not isinstance(
-                self.model, AscendGraphWrapper):
-            self.model = AscendGraphWrapper(self.model.runnable, self.vllm_config,
-                                            runtime_mode=self.model.runtime_mode)
+        self.model = device_graph_wrappers(self.model, self.vllm_config)
 
     def initialize_kv_cache_tensors(
         self,
@@ -57,3 +55,17 @@ class NPUModelRunner(GPUModelRunner):
             kv_cache_groups=kv_cache_config.kv_cache_groups,
         )
         return kv_caches
+
+
+def device_graph_wrappers(model, vllm_config):
+    """vLLM's graph wrappers (a whole-graph wrapper around a breakable one, either alone)
+    rebuilt as the device-layer ones, nesting kept."""
+    if isinstance(model, CUDAGraphWrapper) and not isinstance(model, AscendGraphWrapper):
+        return AscendGraphWrapper(device_graph_wrappers(model.runnable, vllm_config),
+                                  vllm_config, runtime_mode=model.runtime_mode)
+    if isinstance(model, BreakableCUDAGraphWrapper) and not isinstance(
+            model, AscendBreakableGraphWrapper):
+        check_attention_breaks()
+        return AscendBreakableGraphWrapper(model.runnable, vllm_config,
+                                           runtime_mode=model.runtime_mode)
+    return model

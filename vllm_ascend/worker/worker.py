@@ -98,7 +98,7 @@ class NPUWorker(Worker):
         return self.compilation_config.cudagraph_mode != CUDAGraphMode.NONE
 
     def _graph_memory_estimate(self) -> int:
-        """Bytes the decode graphs will take (vLLM captures a few sizes and extrapolates);
+        """Bytes the graphs will take (vLLM captures a few sizes and extrapolates);
         measured after ``used``, so the probe's own footprint is not counted twice."""
         if not self._graphs_on():
             return 0
@@ -115,7 +115,7 @@ class NPUWorker(Worker):
         return estimate
 
     def compile_or_warm_up_model(self) -> CompilationTimes:
-        """Warm-up in eager mode, then (FULL_DECODE_ONLY only) graph capture. One dummy batch
+        """Warm-up in eager mode, then graph capture (unless eager). One dummy batch
         of the largest decode size runs the model and the sampler, so their kernels and buffers
         are ready before the first request. (vLLM's kernel_warmup is skipped: it imports every
         model family's CUDA warm-ups.)"""
@@ -131,7 +131,8 @@ class NPUWorker(Worker):
         return CompilationTimes(language_model=capture_seconds, encoder=0.0)
 
     def _capture_graphs(self) -> float:
-        """FULL_DECODE_ONLY: capture one graph per decode batch size, after the eager warm-up."""
+        """Capture the graphs of every capture size (vLLM's capture_model through the device
+        layer's wrappers), after the eager warm-up; log the time and the memory it took."""
         if not self._graphs_on():
             return 0.0
         dev = device.current()

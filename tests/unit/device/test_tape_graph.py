@@ -387,3 +387,55 @@ def test_plugin_attention_forward_captured_and_replayed():
                            halves[1].reshape(NUM_BLOCKS, BS, -1), block_table, [1, 1],
                            [n + 1 for n in lens])
         torch.testing.assert_close(output.view(2, N, D).double(), expect, rtol=1e-4, atol=1e-5)
+
+
+def test_collectives_are_recorded_and_waited_on_at_replay():
+    """A tensor-parallel all-reduce inside a capture (gloo, one rank here) is recorded as the
+    c10d op it is; replay re-runs it in place and waits on its work before the next op."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0,
+                            world_size=1)
+    try:
+        x = torch.ones(4)
+        graph = TapeGraph()
+        with torch.inference_mode(), tape_graph.graph(graph):
+            y = x * 2
+            dist.all_reduce(y)
+            z = y + 1
+        _replay_with_spied_waits(graph, x, z)
+    finally:
+        dist.destroy_process_group()
+
+
+def _replay_with_spied_waits(graph, x, z):
+    names = graph.recorded_op_names()
+    assert "c10d.allreduce_.default" in names, names
+    step = next(s for s in graph._steps if s.name == "allreduce_.default")
+    assert step.copies is tape_graph.WAIT
+
+    original = torch.ops.c10d.allreduce_.default
+
+    class Spy:  # the replayed op's work handle, seen being waited on
+        def __init__(self, work):
+            self.work = work
+
+        def wait(self):
+            waited.append(True)
+            return self.work.wait()
+
+    def spied(*args, **kwargs):
+        out = original(*args, **kwargs)
+        return (*out[:-1], Spy(out[-1]))
+
+    waited = []
+    graph._plan = [(spied if fn in (original, original._op) else fn, args, kwargs, copies)
+                   for fn, args, kwargs, copies in graph._plan]
+    x.fill_(3.0)
+    graph.replay()
+    assert waited and torch.equal(z, torch.full((4,), 7.0))

@@ -1,0 +1,1 @@
+"""Distributed glue: what vLLM's parallel groups need from the device layer."""
