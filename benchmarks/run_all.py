@@ -2,9 +2,11 @@
 """Run every benchmark in one go (what `make bench` runs, after benchmarks/setup_peer.sh):
 
 1. host overhead per engine step (tiny model, decode batches 1/16/64/256), plugin vs peer
-2. SmolLM2-135M-Instruct offline throughput and online serving (bf16, fp32), plugin vs peer
-3. NPU roofline for Qwen2.5-7B-Instruct on a 910B against published vllm-ascend figures
-4. a py-spy profile of the plugin's engine step at decode batch 64 (skip with --no-profile)
+2. graph replay: host ms per decode step, eager vs PIECEWISE vs FULL_DECODE_ONLY (plugin)
+3. parallel modes: start-up and decode tok/s of TP/PP/EP/Ray next to the single process (plugin)
+4. SmolLM2-135M-Instruct offline throughput and online serving (bf16, fp32), plugin vs peer
+5. NPU roofline for Qwen2.5-7B-Instruct on a 910B against published vllm-ascend figures
+6. a py-spy profile of the plugin's engine step at decode batch 64 (skip with --no-profile)
 
 Every plugin figure is measured in the same run as the peer figure it is compared with. The
 tables are printed; everything (machine info, versions, min/median/max over repeats, per-run
@@ -12,7 +14,7 @@ logs) is written to benchmarks/results/bench-<timestamp>.json and benchmarks/res
 (logs in benchmarks/results/logs/).
 
     .venv/bin/python benchmarks/run_all.py [--quick] [--no-serve] [--no-profile]
-        [--only host,serving,roofline,profile]
+        [--only host,graph,parallel,serving,roofline,profile]
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import _common as C  # noqa: E402
 import bench_graph_replay  # noqa: E402
 import bench_host_overhead  # noqa: E402
+import bench_parallel  # noqa: E402
 import bench_serving  # noqa: E402
 import profile_host  # noqa: E402
 import roofline  # noqa: E402
@@ -34,7 +37,7 @@ import roofline  # noqa: E402
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="host,graph,serving,roofline,profile")
+    ap.add_argument("--only", default="host,graph,parallel,serving,roofline,profile")
     ap.add_argument("--no-serve", action="store_true", help="offline throughput only")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--quick", action="store_true",
@@ -73,6 +76,8 @@ def main() -> int:
     if "graph" in parts:
         kw = dict(repeats=2) if args.quick else {}
         section("graph_replay", lambda: bench_graph_replay.run(**kw), bench_graph_replay.render)
+    if "parallel" in parts:
+        section("parallel", bench_parallel.run, bench_parallel.render)
     if "serving" in parts:
         cfg = (dict(dtypes=["bfloat16"], offline_prompts=16, offline_repeats=2, serve_prompts=4,
                     rates=["4", "inf"]) if args.quick else {})

@@ -80,7 +80,11 @@ def resolve_mode(vllm_config: VllmConfig, device_type: str) -> None:
         "pipeline_parallel_size": parallel_config.pipeline_parallel_size,
         "data_parallel_size": parallel_config.data_parallel_size,
     }
-    parallel = ", ".join(f"{k}={v}" for k, v in sizes.items() if v > 1)
+    parallel = [f"{k}={v}" for k, v in sizes.items() if v > 1]
+    if parallel_config.enable_expert_parallel:
+        # The expert-parallel MoE reads its local row count on the host (ops/fused_moe.py).
+        parallel.append("enable_expert_parallel")
+    parallel = ", ".join(parallel)
     if mode != CUDAGraphMode.NONE and parallel:
         if requested is not None:
             raise ValueError(
@@ -114,7 +118,8 @@ def finalize_sizes(vllm_config: VllmConfig) -> None:
     if mode != CUDAGraphMode.NONE and mode.has_piecewise_cudagraphs():
         sizes = _within_graph_budget(sizes, vllm_config)
     if mode != CUDAGraphMode.NONE and not sizes:
-        logger.warning("vllm-ascend: no graph capture size left; running eager")
+        if vllm_config.model_config is not None:  # (a config without a model has no sizes)
+            logger.warning("vllm-ascend: no graph capture size left; running eager")
         mode = CUDAGraphMode.NONE
     if mode == CUDAGraphMode.NONE:
         sizes = []

@@ -135,12 +135,10 @@ class NPUPlatform(Platform):
 
     @classmethod
     def get_device_communicator_cls(cls) -> str:
-        # All-reduce/all-gather go through torch.distributed on the process group's backend
-        # (hccl on NPU, gloo on the CPU backend); vLLM's base communicator does exactly that.
-        return (
-            "vllm.distributed.device_communicators.base_device_communicator."
-            "DeviceCommunicatorBase"
-        )
+        # torch.distributed on the process group's backend (hccl on the NPU, gloo on the CPU
+        # backend), with uneven all-gather / reduce-scatter and the all-gather/reduce-scatter
+        # MoE dispatch that data and expert parallelism need.
+        return "vllm_ascend.distributed.communicator.AscendCommunicator"
 
     @classmethod
     def get_punica_wrapper(cls) -> str:

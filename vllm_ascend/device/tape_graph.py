@@ -27,6 +27,8 @@ the same contract, so graph-mode code is exercised, and fails, on the host as it
   The change persists for every later replay. On an NPU the captured graph also waits, at each
   such call, on an event that ``update()`` records; on the tape ``update()`` must simply come
   before the ``replay()`` it is meant for (the order that is valid on both).
+* vLLM's own custom ops (``vllm::moe_forward``, ``vllm::all_reduce``, ...) are Python glue: the
+  tape records the ops they run, not the glue, so their Python does not run at replay.
 * Collectives (``c10d::*`` ops, e.g. tensor-parallel all-reduce over gloo) are recorded like any
   op; a replay waits on the work handle each returns before the next op, as the eager call did
   (on an NPU the HCCL kernels are captured into the graph's stream).
@@ -66,6 +68,12 @@ UPDATE_SPECS: dict[str, tuple[tuple[int, str], ...]] = {
     "_npu_paged_attention.default": ((7, "context_lens"),),
     "npu_multi_head_latent_attention.out": ((5, "context_lens"),),
 }
+
+# Namespaces of ops whose kernels are Python glue around other ops (vLLM's custom ops, e.g.
+# vllm::moe_forward, vllm::all_reduce): the tape records the ops inside them, not the glue, so
+# their host values are frozen at capture like everything else.
+TRANSPARENT_NAMESPACES = frozenset({"vllm"})
+_CPU_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
 
 # Ops whose result is read on the host: a device capture cannot contain them.
 _HOST_SYNC_OPS = frozenset({
@@ -131,6 +139,12 @@ class _Recorder(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func.namespace in TRANSPARENT_NAMESPACES:
+            # Python glue registered as an op: run its (CPU) kernel with this mode active,
+            # so the ops it runs are recorded, as a device graph captures the kernels
+            # launched inside it.
+            with self:
+                return func.redispatch(_CPU_KEYS, *args, **kwargs)
         name = func.__name__
         if name in _HOST_SYNC_OPS:
             raise GraphCaptureError(

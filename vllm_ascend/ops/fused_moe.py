@@ -18,8 +18,18 @@ per expert. The grouped matmul computes rows @ W[e] with W[e] of shape (in, out)
 ``process_weights_after_loading`` transposes both once, to w13 [E, H, 2I] and w2 [E, I, H]
 (contiguous), through vLLM's ``replace_parameter`` so a weight reload still works.
 
+Expert parallelism (``--enable-expert-parallel``): each rank holds a contiguous range of the
+global experts (vLLM's linear placement). Routing keeps only the rows of that range
+(``npu_moe_init_routing_v2``'s ``active_expert_range``: they come first, the rest are not
+emitted); the grouped matmuls run on those rows only, which needs their count on the host (the
+grouped matmul takes exactly as many rows as its group list covers). That read is a host
+synchronisation, which no graph can hold: expert parallelism runs eager (graph_modes.py). The
+non-emitted positions are combined as zero rows. vLLM's MoE runner then
+all-reduces (TP + EP) or reduce-scatters back to the data-parallel ranks (DP + EP, through the
+device communicator's all-gather / reduce-scatter manager).
+
 Not supported, and rejected with NotImplementedError rather than silently computed differently:
-expert parallelism / expert maps, grouped top-k, non-softmax scoring, e_score_correction_bias,
+non-linear expert placement, grouped top-k, non-softmax scoring, e_score_correction_bias,
 custom routing functions, hash routing, routed_scaling_factor != 1, activations other than silu
 (and swiglu clamp/alpha/beta), apply_router_weight_on_input with top_k > 1.
 """
@@ -56,8 +66,6 @@ def _unsupported(what: str) -> NotImplementedError:
 
 def check_moe_config(moe: FusedMoEConfig) -> None:
     """Reject, at construction, what the config alone shows is unsupported."""
-    if moe.moe_parallel_config.use_ep:
-        raise _unsupported("expert parallelism (enable_expert_parallel)")
     if moe.activation != MoEActivation.SILU:
         raise _unsupported(f"activation {moe.activation.value!r} (only 'silu', as SwiGLU)")
     if moe.has_hash_routing:
@@ -69,8 +77,6 @@ def check_moe_config(moe: FusedMoEConfig) -> None:
 
 def check_layer(layer: RoutedExperts) -> None:
     """Reject the routing features this method does not implement (see the module docstring)."""
-    if layer.expert_map is not None or layer.local_num_experts != layer.global_num_experts:
-        raise _unsupported("expert parallelism / expert maps")
     if layer.use_grouped_topk:
         raise _unsupported("grouped top-k routing (use_grouped_topk)")
     if layer.scoring_func != "softmax":
@@ -118,6 +124,7 @@ class AscendUnquantizedFusedMoEMethod(UnquantizedFusedMoEMethod):
     # ---- weights ---------------------------------------------------------------------------
     def process_weights_after_loading(self, layer: RoutedExperts) -> None:
         check_layer(layer)
+        self.local_range = local_expert_range(layer)
         for name in ("w13_weight", "w2_weight"):
             param = getattr(layer, name)
             if getattr(param, _GMM_LAYOUT_ATTR, False):
@@ -198,6 +205,7 @@ class AscendUnquantizedFusedMoEMethod(UnquantizedFusedMoEMethod):
             x = (x.float() * topk_weights).to(x.dtype)
             probs = None
 
+        start, end = getattr(self, "local_range", None) or (0, num_experts)
         expanded_x, expanded_row_idx, tokens_per_expert, _ = torch.ops.npu.npu_moe_init_routing_v2(
             x,
             topk_ids,
@@ -206,13 +214,24 @@ class AscendUnquantizedFusedMoEMethod(UnquantizedFusedMoEMethod):
             expert_tokens_num_type=1,  # counts -> group_list_type=1 below
             expert_tokens_num_flag=True,
             quant_mode=-1,
-            active_expert_range=[0, num_experts],
+            active_expert_range=[start, end],
         )
+        local_only = (start, end) != (0, num_experts)
+        if local_only:
+            # The rows of this rank's experts come first; the grouped matmul takes exactly
+            # those (a host read: expert parallelism runs eager).
+            emitted = int(tokens_per_expert.sum())
+            rows = expanded_x[:emitted]
+        else:
+            rows = expanded_x
         bias13 = layer.w13_bias if self.moe.has_bias else None
         bias2 = layer.w2_bias if self.moe.has_bias else None
-        gate_up = _expert_matmul(expanded_x, layer.w13_weight, bias13, tokens_per_expert)
+        gate_up = _expert_matmul(rows, layer.w13_weight, bias13, tokens_per_expert)
         hidden = torch.ops.npu.npu_swiglu(gate_up, -1)  # silu(gate) * up, gate = first half
         down = _expert_matmul(hidden, layer.w2_weight, bias2, tokens_per_expert)
+        if local_only:
+            down, expanded_row_idx = _zero_rows_for_remote_experts(
+                down, expanded_row_idx, expanded_x.shape[0])
         return torch.ops.npu.npu_moe_token_unpermute(down, expanded_row_idx, probs)
 
 
@@ -235,3 +254,36 @@ def _expert_matmul(
         group_type=0,
         group_list_type=1,
     )[0]
+
+
+def local_expert_range(layer: RoutedExperts) -> tuple[int, int]:
+    """[start, end) of the global experts this rank holds: all of them without expert
+    parallelism; a contiguous range (vLLM's linear placement) with it."""
+    expert_map = layer.expert_map
+    if expert_map is None:
+        return 0, layer.global_num_experts
+    local = torch.nonzero(expert_map.cpu() >= 0).reshape(-1)
+    start, count = int(local[0]), local.numel()
+    expected = torch.arange(count, dtype=expert_map.dtype)
+    if count != layer.local_num_experts or not torch.equal(
+            local, torch.arange(start, start + count)) or not torch.equal(
+            expert_map.cpu()[local], expected):
+        raise _unsupported(
+            f"expert placement {getattr(layer, 'expert_placement_strategy', '?')!r} (only "
+            "'linear': each rank a contiguous range of experts); pass "
+            "--expert-placement-strategy linear")
+    return start, start + count
+
+
+def _zero_rows_for_remote_experts(
+    down: torch.Tensor, expanded_row_idx: torch.Tensor, total_rows: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The expert outputs padded back to every routed position: positions routed to another
+    rank's experts (-1 in expanded_row_idx) point at distinct zero rows after the computed
+    ones, so the combine (which takes each index once, in range) adds nothing for them."""
+    padded = down.new_zeros((total_rows, down.shape[1]))
+    padded[: down.shape[0]] = down
+    remote = expanded_row_idx < 0
+    fill = down.shape[0] + torch.cumsum(remote.to(torch.int32), 0, dtype=torch.int32) - 1
+    return padded, torch.where(remote, fill, expanded_row_idx)
+

@@ -439,3 +439,37 @@ def _replay_with_spied_waits(graph, x, z):
     x.fill_(3.0)
     graph.replay()
     assert waited and torch.equal(z, torch.full((4,), 7.0))
+
+
+GLUE_SCALE = {"value": 2.0}
+
+
+def _glue_op():
+    """A vLLM-style custom op (Python glue in the vllm namespace) reading a host value."""
+    from vllm.utils.torch_utils import direct_register_custom_op
+
+    if not hasattr(torch.ops.vllm, "ascend_tape_glue_test"):
+        def glue(x: torch.Tensor) -> torch.Tensor:
+            return x * GLUE_SCALE["value"] + 1
+
+        direct_register_custom_op("ascend_tape_glue_test", glue, mutates_args=[],
+                                  fake_impl=lambda x: torch.empty_like(x), dispatch_key="CPU")
+    return torch.ops.vllm.ascend_tape_glue_test
+
+
+def test_vllm_custom_ops_are_recorded_through():
+    """vLLM's custom ops are Python glue: the tape records the ops inside them, so the glue's
+    host values are frozen at capture (as a device graph would hold the kernels it launched),
+    instead of the glue re-running at replay."""
+    op = _glue_op()
+    x = torch.ones(3)
+    graph = TapeGraph()
+    with torch.inference_mode(), tape_graph.graph(graph):
+        y = op(x)
+    names = graph.recorded_op_names()
+    assert not any("ascend_tape_glue_test" in n for n in names), names
+    assert "aten.mul.Tensor" in names and "aten.add.Tensor" in names, names
+    GLUE_SCALE["value"] = 5.0  # a later host change does not reach the captured graph
+    x.fill_(2.0)
+    graph.replay()
+    assert torch.equal(y, torch.full((3,), 5.0))  # 2 * 2 + 1, not 2 * 5 + 1

@@ -7,8 +7,6 @@ vLLM's out-of-tree registry entry "UnquantizedFusedMoEMethod" (patched per test,
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 from vllm.config import DeviceConfig, VllmConfig, set_current_vllm_config
@@ -177,10 +175,39 @@ def test_unsupported_routing_raises(oot_registered, kwargs, match):
         layer.quant_method.apply_monolithic(layer, torch.randn(2, HIDDEN), torch.randn(2, 8))
 
 
-def test_expert_parallel_raises(oot_registered):
-    vllm_config, _, layer = build(8, 2, True, torch.float32)
-    moe = layer.moe_config
-    ep = dataclasses.replace(moe.moe_parallel_config, use_ep=True, ep_size=2)
-    with set_current_vllm_config(vllm_config):
-        with pytest.raises(NotImplementedError, match="expert parallelism"):
-            AscendUnquantizedFusedMoEMethod(dataclasses.replace(moe, moe_parallel_config=ep))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_expert_parallel_ranks_sum_to_the_dense_reference(oot_registered, dtype):
+    """Two expert-parallel ranks, each holding 4 of 8 experts (a contiguous range, vLLM's
+    linear placement): each routes only to its range and computes only those rows; the sum of
+    the ranks' outputs (what the runner's all-reduce / reduce-scatter forms) is the dense MoE."""
+    _, _, layer = build(8, 2, True, dtype)
+    ref = load_random_weights(layer)
+    method = layer.quant_method
+    method.process_weights_after_loading(layer)
+    w13, w2 = layer.w13_weight.data, layer.w2_weight.data
+    torch.manual_seed(2)
+    x = torch.randn(29, HIDDEN).to(dtype)
+    logits = (2 * torch.randn(29, 8)).to(dtype)
+    total = torch.zeros(29, HIDDEN, dtype=torch.float64)
+    for rank in range(2):
+        start, end = 4 * rank, 4 * rank + 4
+        layer.w13_weight.data, layer.w2_weight.data = w13[start:end], w2[start:end]
+        method.local_range = (start, end)
+        total += method.apply_monolithic(layer, x, logits).double()
+    assert_matches(total.to(dtype), dense_reference(x, logits, ref, 2, True), dtype)
+
+
+def test_local_expert_range_needs_linear_placement():
+    from types import SimpleNamespace
+
+    from vllm_ascend.ops.fused_moe import local_expert_range
+
+    def layer(expert_map, local):
+        return SimpleNamespace(expert_map=torch.tensor(expert_map, dtype=torch.int32),
+                               global_num_experts=len(expert_map), local_num_experts=local,
+                               expert_placement_strategy="round_robin")
+
+    assert local_expert_range(layer([-1, -1, 0, 1], 2)) == (2, 4)
+    assert local_expert_range(SimpleNamespace(expert_map=None, global_num_experts=8)) == (0, 8)
+    with pytest.raises(NotImplementedError, match="expert-placement-strategy linear"):
+        local_expert_range(layer([0, -1, 1, -1], 2))

@@ -1,0 +1,131 @@
+#!/usr/bin/env python
+"""Start-up time and decode tokens/s of each parallel mode on the CPU backend, next to the
+single-process run of the same model (tests/checkpoints.py: the 2-layer dense Qwen2 and the
+2-layer, 8-expert Qwen3-MoE).
+
+Each mode is a fresh engine in its own subprocess (this file with --one), so start-up is what a
+user waits for: from `LLM(...)` to ready, workers, process groups and graph capture included.
+Decode rate: N=8 random 16-token prompts, greedy, ignore_eos, generated twice (4 and 36 output
+tokens, one prefill step each); decode tok/s = N * 32 / (t36 - t4). Modes: single, TP=2, PP=2,
+TP=2 with expert parallel (MoE), TP=2 through a local Ray cluster (dense). Data parallel runs
+through `vllm serve` (tests/e2e/test_distributed.py reports its start-up); its decode rate is
+not measured here.
+
+    .venv/bin/python benchmarks/bench_parallel.py
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
+import _common as C  # noqa: E402
+
+N, PROMPT, SHORT, LONG = 8, 16, 4, 36
+MODES = [
+    ("qwen2", "single", {}),
+    ("qwen2", "TP=2", {"tensor_parallel_size": 2}),
+    ("qwen2", "PP=2", {"pipeline_parallel_size": 2}),
+    ("qwen2", "TP=2 (Ray)", {"tensor_parallel_size": 2, "distributed_executor_backend": "ray"}),
+    ("qwen3_moe", "single", {}),
+    ("qwen3_moe", "TP=2", {"tensor_parallel_size": 2}),
+    ("qwen3_moe", "TP=2 + EP", {"tensor_parallel_size": 2, "enable_expert_parallel": True}),
+]
+
+
+def one(model: str, kwargs: dict) -> dict:
+    """Runs in the subprocess: build the engine, time the two generations."""
+    import random
+
+    from vllm import LLM, SamplingParams, TokensPrompt
+
+    start = time.perf_counter()
+    llm = LLM(model=model, dtype="float32", max_model_len=512, kv_cache_memory_bytes=64 << 20,
+              seed=0, **kwargs)
+    startup = time.perf_counter() - start
+    rng = random.Random(0)
+    prompts = [TokensPrompt(prompt_token_ids=[rng.randrange(8, 1000) for _ in range(PROMPT)])
+               for _ in range(N)]
+
+    def timed(max_tokens: int) -> float:
+        params = SamplingParams(temperature=0.0, max_tokens=max_tokens, ignore_eos=True)
+        t0 = time.perf_counter()
+        llm.generate(prompts, params, use_tqdm=False)
+        return time.perf_counter() - t0
+
+    timed(SHORT)  # warm-up
+    rates = []
+    for _ in range(3):
+        rates.append(N * (LONG - SHORT) / (timed(LONG) - timed(SHORT)))
+    return {"startup_s": startup, "decode_tok_s": C.stats(rates)}
+
+
+def _ray_cluster(env: dict) -> tuple[str, str]:
+    ray = str(pathlib.Path(sys.executable).with_name("ray"))
+    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    port = 46000 + os.getpid() % 1000
+    subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port",
+                    str(port), "--num-cpus", "4", "--resources", '{"NPU": 2}',
+                    "--include-dashboard", "false", "--temp-dir", temp],
+                   env=env, check=True, capture_output=True, timeout=180)
+    return f"127.0.0.1:{port}", temp
+
+
+def run() -> dict:
+    from checkpoints import build_checkpoint
+
+    rows = []
+    for model, label, kwargs in MODES:
+        env = dict(os.environ, VLLM_ASCEND_DEVICE="cpu", VLLM_ENABLE_V1_MULTIPROCESSING="1",
+                   RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+        temp = None
+        if kwargs.get("distributed_executor_backend") == "ray":
+            env["RAY_ADDRESS"], temp = _ray_cluster(env)
+        print(f"  parallel: {model} {label} ...", file=sys.stderr, flush=True)
+        try:
+            with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
+                subprocess.run([sys.executable, __file__, "--one",
+                                str(build_checkpoint(model)), json.dumps(kwargs), out.name],
+                               env=env, check=True, capture_output=True, timeout=900)
+                result = json.load(out)
+        finally:
+            if temp is not None:
+                ray = str(pathlib.Path(sys.executable).with_name("ray"))
+                subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
+                shutil.rmtree(temp, ignore_errors=True)
+        rows.append({"model": model, "mode": label, **result})
+    for row in rows:
+        single = next(r for r in rows if r["model"] == row["model"] and r["mode"] == "single")
+        row["vs_single"] = C.ratio(row["decode_tok_s"]["median"], single["decode_tok_s"]["median"])
+    return {"rows": rows}
+
+
+def render(res: dict) -> str:
+    rows = [[r["model"], r["mode"], f"{r['startup_s']:.1f}", C.fmt_stat(r["decode_tok_s"], 0),
+             f"{r['vs_single']:.2f}"] for r in res["rows"]]
+    return C.table(["model", "mode", "start-up s", "decode tok/s", "vs single"], rows,
+                   f"Parallel modes, plugin CPU backend, gloo (fp32, {N} sequences; decode "
+                   "tok/s median [min-max] of 3)")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--one":
+        model, kwargs, out = sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
+        result = one(model, kwargs)
+        pathlib.Path(out).write_text(json.dumps(result))
+        os._exit(0)  # engine teardown is not what is measured
+    res = run()
+    print(render(res))
+    print(f"wrote {C.write_json('parallel.json', {'parallel': res})}")
+
+
+if __name__ == "__main__":
+    main()

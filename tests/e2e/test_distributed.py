@@ -1,0 +1,159 @@
+"""Parallel modes beyond tensor parallel, on the CPU backend over gloo, each against Hugging Face
+greedy: pipeline parallel (two stages in two worker processes) and data parallel (two engine
+cores behind the real `vllm serve`)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import openai
+import pytest
+from engine import engine, greedy, random_prompts
+from hf_reference import hf_greedy
+from server import Server
+
+LENGTHS = [1, 5, 37, 130, 300]
+MAX_TOKENS = 12
+
+
+def vocab_of(path) -> int:
+    return json.loads((path / "config.json").read_text())["vocab_size"]
+
+
+@pytest.mark.parametrize("model", ["llama", "qwen3_moe"])
+def test_pipeline_parallel_2_matches_hf(checkpoints, model, monkeypatch):
+    """Two stages, one layer each: hidden states and residuals cross between the workers
+    (gloo send/recv); graphs stay off under pipeline parallel (the default runs eager)."""
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    path = checkpoints(model)
+    prompts = random_prompts(LENGTHS, vocab_of(path), seed=11)
+    with engine(path, pipeline_parallel_size=2, distributed_executor_backend="mp") as llm:
+        mode = llm.llm_engine.vllm_config.compilation_config.cudagraph_mode
+        got = greedy(llm, prompts, MAX_TOKENS)
+    assert mode.name == "NONE"
+    assert got == hf_greedy(path, prompts, MAX_TOKENS, ignore_eos=True)
+
+
+def serve_greedy(client, prompts, max_tokens):
+    """Greedy completions of token-id prompts, sent concurrently (so both DP ranks work)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(prompt):
+        out = client.completions.create(
+            model="test", prompt=prompt, max_tokens=max_tokens, temperature=0.0,
+            extra_body={"ignore_eos": True, "return_token_ids": True})
+        return list(out.choices[0].token_ids)
+
+    with ThreadPoolExecutor(len(prompts)) as pool:
+        return list(pool.map(one, prompts))
+
+
+@pytest.mark.parametrize("model, ep", [("qwen2", False), ("qwen3_moe", False),
+                                       ("qwen3_moe", True), ("mixtral", True)])
+def test_data_parallel_2_serve_matches_hf(checkpoints, model, ep):
+    """`vllm serve --data-parallel-size 2`: two engine cores, each with its own worker (device);
+    vLLM's DP coordinator balances requests between them. An MoE model's experts are spread
+    over both ranks (sharded, or whole experts per rank with --enable-expert-parallel), whose
+    tokens are gathered and scattered back each step (the communicator's uneven all-gather /
+    reduce-scatter), so the ranks step together, with dummy batches on a rank that has no
+    request."""
+    path = checkpoints(model)
+    prompts = random_prompts(LENGTHS, vocab_of(path), seed=12)
+    start = time.perf_counter()
+    srv = Server(path, "--data-parallel-size", "2", "--max-model-len", "512",
+                 "--kv-cache-memory-bytes", str(64 << 20), "--dtype", "float32",
+                 *(["--enable-expert-parallel"] if ep else []))
+    try:
+        startup = time.perf_counter() - start
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
+        got = serve_greedy(client, prompts, MAX_TOKENS)
+        # One lone request: the other rank runs dummy batches beside it.
+        alone = serve_greedy(client, prompts[:1], MAX_TOKENS)
+    finally:
+        code = srv.stop()
+    print(f"\n[metric] {model} DP=2{' EP' if ep else ''} serve start-up {startup:.1f} s")
+    assert code == 0, srv.output()
+    log = srv.output(tail=None)
+    assert "EngineCore_DP0" in log and "EngineCore_DP1" in log, "two engine cores expected"
+    ref = hf_greedy(path, prompts, MAX_TOKENS, ignore_eos=True)
+    assert got == ref
+    assert alone == ref[:1]
+
+
+@pytest.fixture
+def ray_cluster(monkeypatch):
+    """A one-node Ray cluster on loopback, started as a user starts one (`ray start --head`),
+    declaring two NPU slots: the plugin's Ray resource key is "NPU" on both backends (Ray
+    refuses "CPU" as a custom resource for actors, which vLLM's executor would request)."""
+    import pathlib
+    import shutil
+    import subprocess
+    import sys
+    import tempfile
+
+    from server import free_port
+
+    ray = str(pathlib.Path(sys.executable).with_name("ray"))
+    port = free_port()
+    # A short directory: Ray's unix sockets live under it (path length limit).
+    temp_dir = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
+    # Loopback only: no token authentication (a token left in ~/.ray would otherwise switch
+    # the head to token mode and the engine's own ray.init could not join).
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "0")
+    env = dict(__import__("os").environ, VLLM_ASCEND_DEVICE="cpu")
+    subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port",
+                    str(port), "--num-cpus", "4", "--resources", '{"NPU": 2}',
+                    "--include-dashboard", "false", "--temp-dir", temp_dir],
+                   env=env, check=True, capture_output=True, timeout=120)
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    try:
+        yield
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_tensor_parallel_2_through_ray_matches_hf(checkpoints, ray_cluster, monkeypatch):
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    path = checkpoints("qwen2")
+    prompts = random_prompts(LENGTHS, vocab_of(path), seed=13)
+    start = time.perf_counter()
+    with engine(path, tensor_parallel_size=2, distributed_executor_backend="ray") as llm:
+        startup = time.perf_counter() - start
+        got = greedy(llm, prompts, MAX_TOKENS)
+    print(f"\n[metric] qwen2 TP=2 through Ray: start-up {startup:.1f} s")
+    assert got == hf_greedy(path, prompts, MAX_TOKENS, ignore_eos=True)
+
+
+@pytest.mark.parametrize("model", ["qwen3_moe", "mixtral"])
+def test_expert_parallel_with_tp_2_matches_hf(checkpoints, model, monkeypatch):
+    """TP=2 with --enable-expert-parallel: each rank holds half the experts, routes only to
+    them (the routing op's active expert range) and the runner all-reduces. Expert parallel
+    runs eager (its local row count is read on the host)."""
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    # The workers are asked for their expert count with a function (pickled; loopback only).
+    monkeypatch.setenv("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
+    path = checkpoints(model)
+    prompts = random_prompts(LENGTHS, vocab_of(path), seed=14)
+    with engine(path, tensor_parallel_size=2, enable_expert_parallel=True,
+                distributed_executor_backend="mp") as llm:
+        (local,) = set(llm.collective_rpc(_local_experts))
+        mode = llm.llm_engine.vllm_config.compilation_config.cudagraph_mode
+        got = greedy(llm, prompts, MAX_TOKENS)
+    assert mode.name == "NONE"
+    experts = json.loads((path / "config.json").read_text())
+    total = experts.get("num_experts") or experts["num_local_experts"]
+    assert local == total // 2, (local, total)
+    assert got == hf_greedy(path, prompts, MAX_TOKENS, ignore_eos=True)
+
+
+def _local_experts(worker) -> int:
+    """Experts held by the worker's first MoE layer."""
+    from vllm.model_executor.layers.fused_moe.routed_experts import RoutedExperts
+
+    model = worker.model_runner.model
+    model = model.unwrap() if hasattr(model, "unwrap") else model
+    layer = next(m for m in model.modules() if isinstance(m, RoutedExperts))
+    return layer.w13_weight.shape[0]
