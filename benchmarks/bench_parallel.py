@@ -7,9 +7,8 @@ Each mode is a fresh engine in its own subprocess (this file with --one), so sta
 user waits for: from `LLM(...)` to ready, workers, process groups and graph capture included.
 Decode rate: N=8 random 16-token prompts, greedy, ignore_eos, generated twice (4 and 36 output
 tokens, one prefill step each); decode tok/s = N * 32 / (t36 - t4). Modes: single, TP=2, PP=2,
-TP=2 with expert parallel (MoE), TP=2 through a local Ray cluster (dense). Data parallel runs
-through `vllm serve` (tests/e2e/test_distributed.py reports its start-up); its decode rate is
-not measured here.
+and TP=2 with expert parallel (MoE). Data parallel (through `vllm serve`) and Ray (a cluster
+started first) are timed by tests/e2e/test_distributed.py, which prints their start-up.
 
     .venv/bin/python benchmarks/bench_parallel.py
 """
@@ -19,7 +18,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -34,7 +32,6 @@ MODES = [
     ("qwen2", "single", {}),
     ("qwen2", "TP=2", {"tensor_parallel_size": 2}),
     ("qwen2", "PP=2", {"pipeline_parallel_size": 2}),
-    ("qwen2", "TP=2 (Ray)", {"tensor_parallel_size": 2, "distributed_executor_backend": "ray"}),
     ("qwen3_moe", "single", {}),
     ("qwen3_moe", "TP=2", {"tensor_parallel_size": 2}),
     ("qwen3_moe", "TP=2 + EP", {"tensor_parallel_size": 2, "enable_expert_parallel": True}),
@@ -52,7 +49,8 @@ def one(model: str, kwargs: dict) -> dict:
               seed=0, **kwargs)
     startup = time.perf_counter() - start
     rng = random.Random(0)
-    prompts = [TokensPrompt(prompt_token_ids=[rng.randrange(8, 1000) for _ in range(PROMPT)])
+    vocab = json.loads((pathlib.Path(model) / "config.json").read_text())["vocab_size"]
+    prompts = [TokensPrompt(prompt_token_ids=[rng.randrange(8, vocab) for _ in range(PROMPT)])
                for _ in range(N)]
 
     def timed(max_tokens: int) -> float:
@@ -65,18 +63,9 @@ def one(model: str, kwargs: dict) -> dict:
     rates = []
     for _ in range(3):
         rates.append(N * (LONG - SHORT) / (timed(LONG) - timed(SHORT)))
+    # Stop the engine's processes now: left to interpreter exit, the teardown can hang.
+    llm.llm_engine.engine_core.shutdown()
     return {"startup_s": startup, "decode_tok_s": C.stats(rates)}
-
-
-def _ray_cluster(env: dict) -> tuple[str, str]:
-    ray = str(pathlib.Path(sys.executable).with_name("ray"))
-    temp = tempfile.mkdtemp(prefix="ray-", dir="/tmp")
-    port = 46000 + os.getpid() % 1000
-    subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port",
-                    str(port), "--num-cpus", "4", "--resources", '{"NPU": 2}',
-                    "--include-dashboard", "false", "--temp-dir", temp],
-                   env=env, check=True, capture_output=True, timeout=180)
-    return f"127.0.0.1:{port}", temp
 
 
 def run() -> dict:
@@ -84,23 +73,18 @@ def run() -> dict:
 
     rows = []
     for model, label, kwargs in MODES:
-        env = dict(os.environ, VLLM_ASCEND_DEVICE="cpu", VLLM_ENABLE_V1_MULTIPROCESSING="1",
-                   RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
-        temp = None
-        if kwargs.get("distributed_executor_backend") == "ray":
-            env["RAY_ADDRESS"], temp = _ray_cluster(env)
+        env = dict(os.environ, VLLM_ASCEND_DEVICE="cpu", VLLM_ENABLE_V1_MULTIPROCESSING="1")
         print(f"  parallel: {model} {label} ...", file=sys.stderr, flush=True)
-        try:
-            with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
-                subprocess.run([sys.executable, __file__, "--one",
-                                str(build_checkpoint(model)), json.dumps(kwargs), out.name],
-                               env=env, check=True, capture_output=True, timeout=900)
-                result = json.load(out)
-        finally:
-            if temp is not None:
-                ray = str(pathlib.Path(sys.executable).with_name("ray"))
-                subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
-                shutil.rmtree(temp, ignore_errors=True)
+        with tempfile.NamedTemporaryFile("r", suffix=".json") as out, \
+                tempfile.TemporaryFile("w+") as log:
+            # Output to a file, not a pipe: the engine's own processes inherit it.
+            proc = subprocess.run([sys.executable, __file__, "--one",
+                                   str(build_checkpoint(model)), json.dumps(kwargs), out.name],
+                                  env=env, stdout=log, stderr=log, text=True, timeout=300)
+            if proc.returncode:
+                log.seek(0)
+                raise RuntimeError(f"{model} {label} failed:\n{log.read()[-3000:]}")
+            result = json.load(out)
         rows.append({"model": model, "mode": label, **result})
     for row in rows:
         single = next(r for r in rows if r["model"] == row["model"] and r["mode"] == "single")
@@ -121,7 +105,7 @@ def main() -> None:
         model, kwargs, out = sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
         result = one(model, kwargs)
         pathlib.Path(out).write_text(json.dumps(result))
-        os._exit(0)  # engine teardown is not what is measured
+        os._exit(0)  # the result is written; nothing else in this process matters
     res = run()
     print(render(res))
     print(f"wrote {C.write_json('parallel.json', {'parallel': res})}")

@@ -1,6 +1,7 @@
-"""Parallel modes beyond tensor parallel, on the CPU backend over gloo, each against Hugging Face
-greedy: pipeline parallel (two stages in two worker processes) and data parallel (two engine
-cores behind the real `vllm serve`)."""
+"""Parallel modes beyond plain tensor parallel, on the CPU backend over gloo, each against Hugging
+Face greedy: pipeline parallel (two stages in two worker processes), expert parallel with TP=2,
+data parallel with and without expert parallel (two engine cores behind the real `vllm serve`),
+and tensor parallel through a local Ray cluster."""
 
 from __future__ import annotations
 
