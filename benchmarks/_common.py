@@ -222,3 +222,19 @@ def build_tiny_checkpoint() -> pathlib.Path:
         tok.save_pretrained(tmp)
 
     return checkpoints.build_atomically(final, build)
+
+
+def batch_sizes_main(doc: str, run, render, name: str, with_peer: bool = True) -> None:
+    """The command line of a benchmark over decode batch sizes: --batch-sizes, --repeats; print
+    the table and write benchmarks/results/<name>.json with the machine's description."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--batch-sizes", default=None)
+    ap.add_argument("--repeats", type=int, default=None)
+    args = ap.parse_args()
+    sizes = [int(x) for x in args.batch_sizes.split(",")] if args.batch_sizes else None
+    res = run(sizes, args.repeats)
+    print(render(res))
+    path = write_json(f"{name}.json", {"machine": machine_info(with_peer=with_peer), name: res})
+    print(f"wrote {path}")

@@ -14,7 +14,6 @@ graph ms/step; above 1.0 the replay saves host time.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
@@ -75,16 +74,7 @@ def render(res: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch-sizes", default=None)
-    ap.add_argument("--repeats", type=int, default=None)
-    args = ap.parse_args()
-    sizes = [int(x) for x in args.batch_sizes.split(",")] if args.batch_sizes else None
-    res = run(sizes, args.repeats)
-    print(render(res))
-    path = C.write_json("graph_replay.json", {"machine": C.machine_info(with_peer=False),
-                                              "graph_replay": res})
-    print(f"wrote {path}")
+    C.batch_sizes_main(__doc__, run, render, "graph_replay", with_peer=False)
 
 
 if __name__ == "__main__":

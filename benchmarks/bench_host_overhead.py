@@ -25,7 +25,6 @@ the plugin is slower.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 
@@ -110,15 +109,7 @@ def render(res: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--batch-sizes", default=None)
-    ap.add_argument("--repeats", type=int, default=None)
-    args = ap.parse_args()
-    sizes = [int(x) for x in args.batch_sizes.split(",")] if args.batch_sizes else None
-    res = run(sizes, args.repeats)
-    print(render(res))
-    path = C.write_json("host_overhead.json", {"machine": C.machine_info(), "host_overhead": res})
-    print(f"wrote {path}")
+    C.batch_sizes_main(__doc__, run, render, "host_overhead")
 
 
 if __name__ == "__main__":
