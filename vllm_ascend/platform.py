@@ -13,6 +13,7 @@ import torch
 from vllm.platforms.interface import Platform, PlatformEnum
 
 from vllm_ascend import device, graph_modes
+from vllm_ascend.ascend_config import get_ascend_config
 from vllm_ascend.logger import init_logger
 
 if TYPE_CHECKING:
@@ -199,6 +200,8 @@ class NPUPlatform(Platform):
 
         # NPU runtimes do not survive fork(); spawn on both backends keeps them identical.
         os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
+
+        get_ascend_config(vllm_config)  # additional_config checked before anything is built
 
         compilation_config = vllm_config.compilation_config
         # No torch.compile on either backend: vLLM's Inductor path and its fusion passes call

@@ -61,9 +61,10 @@ def generate_once(model, prompts: list[list[int]], max_tokens: int, **kwargs) ->
         return greedy(llm, prompts, max_tokens)
 
 
-def graph_replays(llm) -> dict[str, dict[int, int]]:
+def graph_replays(llm, every_rank: bool = False):
     """Replays per captured size of the (first) worker's graph wrappers: "full" (whole decode
-    graphs, keyed by decode batch size) and "piecewise" (keyed by token count)."""
+    graphs, keyed by decode batch size) and "piecewise" (keyed by token count). every_rank:
+    a list with one such dict per worker."""
 
     def read(worker):
         from vllm_ascend.worker.breakable_graph import AscendBreakableGraphWrapper
@@ -79,7 +80,8 @@ def graph_replays(llm) -> dict[str, dict[int, int]]:
             model = model.runnable
         return found
 
-    return llm.collective_rpc(read)[0]
+    per_rank = llm.collective_rpc(read)
+    return per_rank if every_rank else per_rank[0]
 
 
 def total_replays(llm) -> int:

@@ -10,7 +10,7 @@ import time
 
 import openai
 import pytest
-from engine import engine, greedy, random_prompts
+from engine import engine, graph_replays, greedy, random_prompts
 from hf_reference import hf_greedy
 from server import Server
 
@@ -25,14 +25,18 @@ def vocab_of(path) -> int:
 @pytest.mark.parametrize("model", ["llama", "qwen3_moe"])
 def test_pipeline_parallel_2_matches_hf(checkpoints, model, monkeypatch):
     """Two stages, one layer each: hidden states and residuals cross between the workers
-    (gloo send/recv); graphs stay off under pipeline parallel (the default runs eager)."""
+    (gloo send/recv), with the default piecewise graphs replayed on both stages."""
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
+    # The workers are asked for their graph replays with a function (pickled; loopback only).
+    monkeypatch.setenv("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
     path = checkpoints(model)
     prompts = random_prompts(LENGTHS, vocab_of(path), seed=11)
     with engine(path, pipeline_parallel_size=2, distributed_executor_backend="mp") as llm:
         mode = llm.llm_engine.vllm_config.compilation_config.cudagraph_mode
         got = greedy(llm, prompts, MAX_TOKENS)
-    assert mode.name == "NONE"
+        replays = graph_replays(llm, every_rank=True)
+    assert mode.name == "PIECEWISE"
+    assert len(replays) == 2 and all(sum(r["piecewise"].values()) > 0 for r in replays), replays
     assert got == hf_greedy(path, prompts, MAX_TOKENS, ignore_eos=True)
 
 
@@ -50,21 +54,23 @@ def serve_greedy(client, prompts, max_tokens):
         return list(pool.map(one, prompts))
 
 
-@pytest.mark.parametrize("model, ep", [("qwen2", False), ("qwen3_moe", False),
-                                       ("qwen3_moe", True), ("mixtral", True)])
+@pytest.mark.parametrize("model, ep", [("qwen2", None), ("qwen3_moe", None),
+                                       ("qwen3_moe", "alltoall"), ("mixtral", "allgather")])
 def test_data_parallel_2_serve_matches_hf(checkpoints, model, ep):
     """`vllm serve --data-parallel-size 2`: two engine cores, each with its own worker (device);
     vLLM's DP coordinator balances requests between them. An MoE model's experts are spread
-    over both ranks (sharded, or whole experts per rank with --enable-expert-parallel), whose
-    tokens are gathered and scattered back each step (the communicator's uneven all-gather /
-    reduce-scatter), so the ranks step together, with dummy batches on a rank that has no
+    over both ranks: sharded (no expert parallel: tokens gathered and scattered back each step
+    through the communicator's uneven all-gather / reduce-scatter), or whole experts per rank
+    with --enable-expert-parallel, reached all-to-all (each row sent to its expert's owner) or
+    by that same all-gather. The ranks step together, with dummy batches on a rank that has no
     request."""
     path = checkpoints(model)
     prompts = random_prompts(LENGTHS, vocab_of(path), seed=12)
     start = time.perf_counter()
     srv = Server(path, "--data-parallel-size", "2", "--max-model-len", "512",
                  "--kv-cache-memory-bytes", str(64 << 20), "--dtype", "float32",
-                 *(["--enable-expert-parallel"] if ep else []))
+                 *(["--enable-expert-parallel", "--additional-config",
+                    json.dumps({"expert_dispatch": ep})] if ep else []))
     try:
         startup = time.perf_counter() - start
         client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
@@ -73,10 +79,12 @@ def test_data_parallel_2_serve_matches_hf(checkpoints, model, ep):
         alone = serve_greedy(client, prompts[:1], MAX_TOKENS)
     finally:
         code = srv.stop()
-    print(f"\n[metric] {model} DP=2{' EP' if ep else ''} serve start-up {startup:.1f} s")
+    print(f"\n[metric] {model} DP=2{f' EP {ep}' if ep else ''} serve start-up {startup:.1f} s")
     assert code == 0, srv.output()
     log = srv.output(tail=None)
     assert "EngineCore_DP0" in log and "EngineCore_DP1" in log, "two engine cores expected"
+    # A dense model captures graphs under data parallel; an MoE model runs eager there.
+    assert ("Graph capture (PIECEWISE" in log) == (model == "qwen2")
     ref = hf_greedy(path, prompts, MAX_TOKENS, ignore_eos=True)
     assert got == ref
     assert alone == ref[:1]
@@ -128,17 +136,20 @@ def test_tensor_parallel_2_through_ray_matches_hf(checkpoints, ray_cluster, monk
     assert got == hf_greedy(path, prompts, MAX_TOKENS, ignore_eos=True)
 
 
-@pytest.mark.parametrize("model", ["qwen3_moe", "mixtral"])
-def test_expert_parallel_with_tp_2_matches_hf(checkpoints, model, monkeypatch):
-    """TP=2 with --enable-expert-parallel: each rank holds half the experts, routes only to
-    them (the routing op's active expert range) and the runner all-reduces. Expert parallel
-    runs eager (its local row count is read on the host)."""
+@pytest.mark.parametrize("model, dispatch", [("qwen3_moe", "alltoall"), ("mixtral", "allgather")])
+def test_expert_parallel_with_tp_2_matches_hf(checkpoints, model, dispatch, monkeypatch):
+    """TP=2 with --enable-expert-parallel: each rank holds half the experts and computes only
+    them. alltoall (the default): each rank sends its share of the tokens' rows to the experts'
+    owners; allgather: both ranks route all tokens to their own experts (the routing op's active
+    expert range) and the runner all-reduces. Expert parallel runs eager (row counts are read
+    on the host)."""
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")
-    # The workers are asked for their expert count with a function (pickled; loopback only).
+    # The workers are asked for their experts with a function (pickled; loopback only).
     monkeypatch.setenv("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")
     path = checkpoints(model)
     prompts = random_prompts(LENGTHS, vocab_of(path), seed=14)
     with engine(path, tensor_parallel_size=2, enable_expert_parallel=True,
+                additional_config={"expert_dispatch": dispatch},
                 distributed_executor_backend="mp") as llm:
         (local,) = set(llm.collective_rpc(_local_experts))
         mode = llm.llm_engine.vllm_config.compilation_config.cudagraph_mode
@@ -146,15 +157,15 @@ def test_expert_parallel_with_tp_2_matches_hf(checkpoints, model, monkeypatch):
     assert mode.name == "NONE"
     experts = json.loads((path / "config.json").read_text())
     total = experts.get("num_experts") or experts["num_local_experts"]
-    assert local == total // 2, (local, total)
+    assert local == (total // 2, dispatch == "alltoall"), (local, total)
     assert got == hf_greedy(path, prompts, MAX_TOKENS, ignore_eos=True)
 
 
-def _local_experts(worker) -> int:
-    """Experts held by the worker's first MoE layer."""
+def _local_experts(worker) -> tuple[int, bool]:
+    """Experts held by the worker's first MoE layer, and whether it dispatches all-to-all."""
     from vllm.model_executor.layers.fused_moe.routed_experts import RoutedExperts
 
     model = worker.model_runner.model
     model = model.unwrap() if hasattr(model, "unwrap") else model
     layer = next(m for m in model.modules() if isinstance(m, RoutedExperts))
-    return layer.w13_weight.shape[0]
+    return layer.w13_weight.shape[0], layer.quant_method.dispatcher is not None

@@ -200,14 +200,41 @@ def test_full_decode_only_is_kept_on_request(llama):
     assert eager.compilation_config.cudagraph_mode == CUDAGraphMode.NONE
 
 
-def test_graphs_with_pipeline_parallel(llama):
-    """Tensor parallel captures; pipeline (and data) parallel do not yet: by default they run
-    eager, and an explicit request is refused."""
-    cfg = make_config(llama, pipeline_parallel_size=2, distributed_executor_backend="mp")
-    assert cfg.compilation_config.cudagraph_mode.name == "NONE"
-    with pytest.raises(ValueError, match=r"pipeline_parallel_size=2.*--enforce-eager"):
-        make_config(llama, pipeline_parallel_size=2, distributed_executor_backend="mp",
-                    compilation_config={"cudagraph_mode": "FULL_DECODE_ONLY"})
+def test_graphs_under_parallel_modes(llama, checkpoints):
+    """Dense models capture under tensor, pipeline and data parallel; an MoE model under data
+    or expert parallel runs eager by default and refuses an explicit mode."""
+    for kwargs in ({"pipeline_parallel_size": 2}, {"data_parallel_size": 2}):
+        cfg = make_config(llama, distributed_executor_backend="mp", **kwargs)
+        assert cfg.compilation_config.cudagraph_mode.name == "PIECEWISE", kwargs
     tp = make_config(llama, tensor_parallel_size=2, distributed_executor_backend="mp",
                      compilation_config={"cudagraph_mode": "FULL_DECODE_ONLY"})
     assert tp.compilation_config.cudagraph_mode.name == "FULL_DECODE_ONLY"
+    moe = checkpoints("qwen3_moe")
+    for kwargs, named in (({"data_parallel_size": 2}, "data_parallel_size=2"),
+                          ({"tensor_parallel_size": 2, "enable_expert_parallel": True},
+                           "enable_expert_parallel")):
+        cfg = make_config(moe, distributed_executor_backend="mp", **kwargs)
+        assert cfg.compilation_config.cudagraph_mode.name == "NONE", kwargs
+        with pytest.raises(ValueError, match=rf"MoE model with {named}.*--enforce-eager"):
+            make_config(moe, distributed_executor_backend="mp",
+                        compilation_config={"cudagraph_mode": "PIECEWISE"}, **kwargs)
+    pp = make_config(moe, pipeline_parallel_size=2, distributed_executor_backend="mp")
+    assert pp.compilation_config.cudagraph_mode.name == "PIECEWISE"
+
+
+def test_additional_config_is_checked(llama):
+    """Ascend options come through --additional-config; a misspelt key or a bad value stops
+    start-up naming the accepted ones, and vLLM's own keys pass through."""
+    from vllm_ascend.ascend_config import get_ascend_config
+
+    cfg = make_config(llama, additional_config={"expert_dispatch": "allgather"})
+    assert get_ascend_config(cfg).expert_dispatch == "allgather"
+    assert get_ascend_config(make_config(llama)).expert_dispatch == "alltoall"
+    with pytest.raises(ValueError, match=r"unknown additional_config key\(s\) \['expert_dispach'\]"
+                       r".*\['expert_dispatch'\]"):
+        make_config(llama, additional_config={"expert_dispach": "allgather"})
+    with pytest.raises(ValueError, match="expert_dispatch='ring' is not valid; use one of "
+                                         "alltoall, allgather"):
+        make_config(llama, additional_config={"expert_dispatch": "ring"})
+    cfg = make_config(llama, additional_config={"gdn_prefill_backend": "triton"})
+    assert get_ascend_config(cfg).expert_dispatch == "alltoall"

@@ -19,14 +19,24 @@ per expert. The grouped matmul computes rows @ W[e] with W[e] of shape (in, out)
 (contiguous), through vLLM's ``replace_parameter`` so a weight reload still works.
 
 Expert parallelism (``--enable-expert-parallel``): each rank holds a contiguous range of the
-global experts (vLLM's linear placement). Routing keeps only the rows of that range
-(``npu_moe_init_routing_v2``'s ``active_expert_range``: they come first, the rest are not
-emitted); the grouped matmuls run on those rows only, which needs their count on the host (the
-grouped matmul takes exactly as many rows as its group list covers). That read is a host
-synchronisation, which no graph can hold: expert parallelism runs eager (graph_modes.py). The
-non-emitted positions are combined as zero rows. vLLM's MoE runner then
-all-reduces (TP + EP) or reduce-scatters back to the data-parallel ranks (DP + EP, through the
-device communicator's all-gather / reduce-scatter manager).
+global experts (vLLM's linear placement) and computes only those. Tokens reach them one of two
+ways (``additional_config`` ``expert_dispatch``, ascend_config.py):
+
+- ``alltoall`` (default): each routed row goes only to the rank owning its expert and comes
+  back (distributed/moe_dispatch.py). The method tells vLLM's MoE runner it moves tokens
+  itself (``supports_internal_mk``), so the runner skips its all-gather dispatch. Under tensor
+  parallelism without sequence-parallel MoE the tokens are replicated on the tensor-parallel
+  ranks: each dispatches its share and leaves zeros elsewhere, and the runner's final
+  all-reduce over the tensor-parallel group assembles the whole output.
+- ``allgather``: vLLM's runner gives every rank every token (all-gather across data-parallel
+  ranks; replicated under tensor parallelism). Routing keeps only the rows of the local range
+  (``npu_moe_init_routing_v2``'s ``active_expert_range``: they come first, the rest are not
+  emitted), the grouped matmuls run on those rows only, the non-emitted positions are combined
+  as zero rows, and the runner all-reduces or reduce-scatters the partial sums.
+
+Both read a row count on the host (the grouped matmul takes exactly as many rows as its group
+list covers; ``all_to_all_single`` takes split sizes as lists): a host synchronisation, which no
+graph can hold, so expert parallelism runs eager (graph_modes.py).
 
 Not supported, and rejected with NotImplementedError rather than silently computed differently:
 non-linear expert placement, grouped top-k, non-softmax scoring, e_score_correction_bias,
@@ -47,6 +57,9 @@ from vllm.model_executor.layers.fused_moe.unquantized_fused_moe_method import (
     UnquantizedFusedMoEMethod,
 )
 from vllm.model_executor.utils import replace_parameter
+
+from vllm_ascend.ascend_config import get_ascend_config
+from vllm_ascend.distributed.moe_dispatch import AllToAllDispatch, token_slice
 
 if TYPE_CHECKING:
     from vllm.model_executor.layers.fused_moe.routed_experts import RoutedExperts
@@ -112,6 +125,19 @@ class AscendUnquantizedFusedMoEMethod(UnquantizedFusedMoEMethod):
         self.experts_cls = None
         # ipc_cache-style pre-processed loads would hand over weights in vLLM's layout.
         self.supports_pre_processed_weights = False
+        from vllm.config import get_current_vllm_config
+
+        self.use_all_to_all = (
+            moe.moe_parallel_config.use_ep
+            and get_ascend_config(get_current_vllm_config()).expert_dispatch == "alltoall"
+        )
+        self.dispatcher: AllToAllDispatch | None = None
+
+    @property
+    def supports_internal_mk(self) -> bool:
+        # True: this method moves tokens between expert-parallel ranks itself, so vLLM's MoE
+        # runner does not all-gather them first (runner.do_naive_dispatch_combine).
+        return self.use_all_to_all
 
     @property
     def is_monolithic(self) -> bool:
@@ -125,6 +151,12 @@ class AscendUnquantizedFusedMoEMethod(UnquantizedFusedMoEMethod):
     def process_weights_after_loading(self, layer: RoutedExperts) -> None:
         check_layer(layer)
         self.local_range = local_expert_range(layer)
+        if self.use_all_to_all:
+            from vllm.distributed import get_ep_group
+
+            self.dispatcher = AllToAllDispatch(
+                get_ep_group(), layer.global_num_experts, self.local_range
+            )
         for name in ("w13_weight", "w2_weight"):
             param = getattr(layer, name)
             if getattr(param, _GMM_LAYOUT_ATTR, False):
@@ -143,11 +175,15 @@ class AscendUnquantizedFusedMoEMethod(UnquantizedFusedMoEMethod):
         input_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         check_layer(layer)
-        if x.shape[0] == 0:
+        if x.shape[0] == 0 and self.dispatcher is None:
             return x.new_empty(x.shape)
-        topk_weights, topk_ids, _ = torch.ops.npu.npu_moe_gating_top_k_softmax(
-            router_logits, None, k=layer.top_k
-        )
+        if x.shape[0] == 0:  # the rank still joins the all-to-all exchanges
+            topk_weights = x.new_empty((0, layer.top_k), dtype=torch.float32)
+            topk_ids = x.new_empty((0, layer.top_k), dtype=torch.int32)
+        else:
+            topk_weights, topk_ids, _ = torch.ops.npu.npu_moe_gating_top_k_softmax(
+                router_logits, None, k=layer.top_k
+            )
         topk_weights = topk_weights.float()
         if layer.renormalize:
             topk_weights = topk_weights / topk_weights.sum(dim=-1, keepdim=True)
@@ -186,7 +222,7 @@ class AscendUnquantizedFusedMoEMethod(UnquantizedFusedMoEMethod):
             # On the monolithic path the runner runs shared experts itself; a modular caller
             # expects the kernel to schedule them, which this method does not do.
             raise _unsupported("shared experts passed to the expert kernel (modular path)")
-        if x.shape[0] == 0:
+        if x.shape[0] == 0 and self.dispatcher is None:
             return x.new_empty(x.shape)
         return self._experts(layer, x, topk_weights.float(), topk_ids.to(torch.int32))
 
@@ -205,6 +241,8 @@ class AscendUnquantizedFusedMoEMethod(UnquantizedFusedMoEMethod):
             x = (x.float() * topk_weights).to(x.dtype)
             probs = None
 
+        if self.dispatcher is not None:
+            return self._all_to_all(layer, x, topk_ids, probs)
         start, end = getattr(self, "local_range", None) or (0, num_experts)
         expanded_x, expanded_row_idx, tokens_per_expert, _ = torch.ops.npu.npu_moe_init_routing_v2(
             x,
@@ -224,15 +262,47 @@ class AscendUnquantizedFusedMoEMethod(UnquantizedFusedMoEMethod):
             rows = expanded_x[:emitted]
         else:
             rows = expanded_x
-        bias13 = layer.w13_bias if self.moe.has_bias else None
-        bias2 = layer.w2_bias if self.moe.has_bias else None
-        gate_up = _expert_matmul(rows, layer.w13_weight, bias13, tokens_per_expert)
-        hidden = torch.ops.npu.npu_swiglu(gate_up, -1)  # silu(gate) * up, gate = first half
-        down = _expert_matmul(hidden, layer.w2_weight, bias2, tokens_per_expert)
+        down = self._expert_mlp(layer, rows, tokens_per_expert)
         if local_only:
             down, expanded_row_idx = _zero_rows_for_remote_experts(
                 down, expanded_row_idx, expanded_x.shape[0])
         return torch.ops.npu.npu_moe_token_unpermute(down, expanded_row_idx, probs)
+
+    def _expert_mlp(
+        self, layer: RoutedExperts, rows: torch.Tensor, tokens_per_expert: torch.Tensor
+    ) -> torch.Tensor:
+        """Rows grouped by local expert -> SwiGLU expert MLP output rows, same order."""
+        bias13 = layer.w13_bias if self.moe.has_bias else None
+        bias2 = layer.w2_bias if self.moe.has_bias else None
+        gate_up = _expert_matmul(rows, layer.w13_weight, bias13, tokens_per_expert)
+        hidden = torch.ops.npu.npu_swiglu(gate_up, -1)  # silu(gate) * up, gate = first half
+        return _expert_matmul(hidden, layer.w2_weight, bias2, tokens_per_expert)
+
+    def _all_to_all(
+        self,
+        layer: RoutedExperts,
+        x: torch.Tensor,
+        topk_ids: torch.Tensor,
+        probs: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Dispatch this rank's tokens to the experts' owners and combine (module docstring)."""
+        assert self.dispatcher is not None
+        from vllm.distributed import get_tp_group
+
+        def mlp(rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+            return self._expert_mlp(layer, rows, counts)
+
+        tp = get_tp_group()
+        if self.moe.is_sequence_parallel or tp.world_size == 1:
+            return self.dispatcher(x, topk_ids, probs, mlp)
+        # Replicated tokens: this rank's share; the runner's tensor-parallel all-reduce sums
+        # the shares (every other row is zero here).
+        share = token_slice(x.shape[0], tp.rank_in_group, tp.world_size)
+        out = x.new_zeros(x.shape)
+        out[share] = self.dispatcher(
+            x[share], topk_ids[share], None if probs is None else probs[share], mlp
+        )
+        return out
 
 
 def _expert_matmul(

@@ -7,7 +7,9 @@ from a fixed seed, so the parent rebuilds exactly what every rank held.
 
 Part 1 builds the communicator on plain gloo groups. Part 2 brings up vLLM's own parallel state
 (data parallel 2, expert parallel) so vLLM's AgRsAll2AllManager runs MoE dispatch/combine through
-the expert-parallel group's AscendCommunicator, as in serving.
+the expert-parallel group's AscendCommunicator, as in serving. Part 3 runs the plugin's own
+all-to-all expert dispatch (distributed/moe_dispatch.py) over that group: uneven expert ranges,
+a rank with no tokens, and an expert function whose output names the expert that computed it.
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ A2A_SEED, A2A_EVEN_SEED = 21, 22
 SEND_SEED = 31
 MOE_TOKENS = [3, 5]  # tokens per data-parallel rank
 MOE_SEED = 41
+# The all-to-all dispatch: 5 experts over 2 ranks (3 + 2), top-2, tokens per rank per call.
+A2A_EXPERTS, A2A_TOPK = 5, 2
+A2A_CALLS = {"both_ranks": [3, 5], "second_rank_empty": [4, 0]}
+A2A_MOE_SEED = 51
 
 
 def _full(seed: int, shape, dtype=torch.float32) -> torch.Tensor:
@@ -76,6 +82,21 @@ def _moe_inputs():
         _full(MOE_SEED + 2, (n, 2), torch.int32),
         _full(MOE_SEED + 3, (n, 4)),
     )
+
+
+def _a2a_inputs(call: str):
+    """Tokens (T, 6), routing weights (T, K) and distinct expert ids (T, K) of every rank."""
+    seed = A2A_MOE_SEED + list(A2A_CALLS).index(call)
+    n = sum(A2A_CALLS[call])
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.stack([torch.randperm(A2A_EXPERTS, generator=gen)[:A2A_TOPK] for _ in range(n)])
+    return (_full(seed, (n, 6)), _full(seed + 1, (n, A2A_TOPK)).softmax(-1),
+            ids.to(torch.int32).reshape(n, A2A_TOPK))
+
+
+def _expert_fn(rows: torch.Tensor, global_ids: torch.Tensor) -> torch.Tensor:
+    """A stand-in expert MLP whose output depends on which expert computed each row."""
+    return rows * (global_ids.to(rows.dtype).unsqueeze(1) + 1) + global_ids.unsqueeze(1)
 
 
 def _expert_output(gathered: torch.Tensor, rank: int) -> torch.Tensor:
@@ -188,6 +209,39 @@ def _part2_moe_round_trip(rank: int) -> dict:
     return out
 
 
+def _part3_all_to_all_dispatch(rank: int) -> dict:
+    """The plugin's all-to-all dispatch on the expert-parallel group part 2 brought up."""
+    from vllm.distributed import parallel_state
+
+    import vllm_ascend.kernels.npu_ops  # noqa: F401  (registers torch.ops.npu.*)
+    from vllm_ascend.distributed.moe_dispatch import AllToAllDispatch, linear_expert_ranges
+
+    ep = parallel_state.get_ep_group()
+    local = linear_expert_ranges(A2A_EXPERTS, WORLD)[rank]
+    dispatch = AllToAllDispatch(ep, A2A_EXPERTS, local)
+    seen: list[int] = []
+
+    def mlp(rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        global_ids = local[0] + torch.repeat_interleave(torch.arange(len(counts)), counts)
+        seen.extend(global_ids.tolist())
+        return _expert_fn(rows, global_ids)
+
+    out: dict = {}
+    for call, tokens in A2A_CALLS.items():
+        hidden, weights, ids = _a2a_inputs(call)
+        start, n = sum(tokens[:rank]), tokens[rank]
+        out[call] = dispatch(hidden[start:start + n], ids[start:start + n],
+                             weights[start:start + n], mlp)
+    out["experts_seen"] = sorted(set(seen))
+    out["rows_seen"] = len(seen)
+    try:
+        AllToAllDispatch(ep, A2A_EXPERTS, (0, 1))
+        out["wrong_range"] = None
+    except RuntimeError as exc:
+        out["wrong_range"] = str(exc)
+    return out
+
+
 def _rank_main(rank: int, port: int, results) -> None:
     os.environ.setdefault("VLLM_ASCEND_DEVICE", "cpu")
     try:
@@ -195,7 +249,8 @@ def _rank_main(rank: int, port: int, results) -> None:
 
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
                                 world_size=WORLD, timeout=timedelta(seconds=60))
-        out = {"part1": _part1_communicator(rank), "part2": _part2_moe_round_trip(rank)}
+        out = {"part1": _part1_communicator(rank), "part2": _part2_moe_round_trip(rank),
+               "part3": _part3_all_to_all_dispatch(rank)}
         buf = io.BytesIO()
         torch.save(out, buf)
         results.put((rank, "ok", buf.getvalue()))
@@ -338,3 +393,36 @@ def test_moe_combine_sums_expert_outputs_and_returns_own_tokens(ranks):
         _assert_same(res["part2"]["combine"], expected, f"rank {rank} combine")
         _assert_same(res["part2"]["combine_into_output"], expected,
                      f"rank {rank} combine_into_output")
+
+
+@pytest.mark.parametrize("call", list(A2A_CALLS))
+def test_all_to_all_dispatch_runs_each_row_on_its_experts_owner(ranks, call):
+    """Every token gets sum_k w_k * expert_{id_k}(x), computed by the rank holding that expert;
+    a rank with no tokens still joins the exchange and gets an empty result."""
+    hidden, weights, ids = _a2a_inputs(call)
+    rows = _expert_fn(hidden.double().unsqueeze(1).expand(-1, A2A_TOPK, -1).reshape(-1, 6),
+                      ids.reshape(-1).long()).reshape(-1, A2A_TOPK, 6)
+    expected = (rows * weights.double().unsqueeze(-1)).sum(1)
+    tokens = A2A_CALLS[call]
+    for rank, res in enumerate(ranks):
+        start, n = sum(tokens[:rank]), tokens[rank]
+        got = res["part3"][call]
+        assert got.shape == (n, 6), f"rank {rank}: shape {tuple(got.shape)}"
+        torch.testing.assert_close(got.double(), expected[start:start + n], rtol=1e-5,
+                                   atol=1e-5, msg=f"rank {rank} {call}")
+
+
+def test_all_to_all_dispatch_sends_rows_only_to_owners(ranks):
+    from vllm_ascend.distributed.moe_dispatch import linear_expert_ranges
+
+    ranges = linear_expert_ranges(A2A_EXPERTS, WORLD)
+    assert ranges == [(0, 3), (3, 5)]
+    all_ids = torch.cat([_a2a_inputs(call)[2].reshape(-1) for call in A2A_CALLS])
+    for rank, res in enumerate(ranks):
+        start, end = ranges[rank]
+        part3 = res["part3"]
+        assert set(part3["experts_seen"]) <= set(range(start, end)), f"rank {rank}"
+        # Each routed row is computed once, by its owner: no rank sees all of them.
+        assert part3["rows_seen"] == int(((all_ids >= start) & (all_ids < end)).sum())
+        assert f"linear placement over 2 ranks gives it {ranges[rank]}" in (
+            part3["wrong_range"] or ""), f"rank {rank}: a wrong expert range was accepted"
