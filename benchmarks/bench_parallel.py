@@ -34,7 +34,11 @@ MODES = [
     ("qwen2", "PP=2", {"pipeline_parallel_size": 2}),
     ("qwen3_moe", "single", {}),
     ("qwen3_moe", "TP=2", {"tensor_parallel_size": 2}),
-    ("qwen3_moe", "TP=2 + EP", {"tensor_parallel_size": 2, "enable_expert_parallel": True}),
+    ("qwen3_moe", "TP=2 + EP all-to-all", {"tensor_parallel_size": 2,
+                                           "enable_expert_parallel": True}),
+    ("qwen3_moe", "TP=2 + EP all-gather", {"tensor_parallel_size": 2,
+                                           "enable_expert_parallel": True,
+                                           "additional_config": {"expert_dispatch": "allgather"}}),
 ]
 
 

@@ -144,6 +144,10 @@ SAMPLES: list[tuple[str, str, Callable[[], tuple[tuple, dict]]]] = [
         (torch.tensor([0, 0, 1, 3], dtype=torch.int32), 4), {})),
 ]
 
+from test_quant_ops import FIDELITY_SAMPLES  # noqa: E402
+
+SAMPLES += FIDELITY_SAMPLES
+
 # ----------------------------------------------------------------------------------------------
 # torch-npu reference files
 # ----------------------------------------------------------------------------------------------

@@ -180,14 +180,54 @@ def test_init_routing_v2(dtype, n, k, e, active_range, active_num):
 def test_init_routing_v2_unsupported_modes():
     x, idx = torch.randn(4, 8), torch.zeros(4, 2, dtype=torch.int32)
     ok = dict(expert_tokens_num_type=1, expert_tokens_num_flag=True)
-    with pytest.raises(NotImplementedError, match="quant_mode=1"):
-        OPS.npu_moe_init_routing_v2(x, idx, expert_num=4, quant_mode=1, **ok)
+    with pytest.raises(ValueError, match="quant_mode=0"):  # static quantization: not supported
+        OPS.npu_moe_init_routing_v2(x, idx, expert_num=4, quant_mode=0, **ok)
+    with pytest.raises(ValueError, match="int8 x"):  # int8 x cannot be quantized again
+        OPS.npu_moe_init_routing_v2(x.to(torch.int8), idx, expert_num=4, quant_mode=1, **ok)
+    with pytest.raises(ValueError, match="quant_mode=1, scale must be"):
+        OPS.npu_moe_init_routing_v2(x, idx, expert_num=4, quant_mode=1, scale=torch.ones(4),
+                                    **ok)
     with pytest.raises(NotImplementedError, match="drop_pad_mode=1"):
         OPS.npu_moe_init_routing_v2(
             x, idx, expert_num=4, drop_pad_mode=1, expert_capacity=4, **ok
         )
     with pytest.raises(ValueError, match="expert_num"):
         OPS.npu_moe_init_routing_v2(x, idx, **ok)  # expert_num is required (> 0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("smooth_rows", [0, 1, 8])
+def test_init_routing_v2_dynamic_quant(dtype, smooth_rows):
+    """quant_mode=1: each expanded row, times its expert's smooth vector (scale[e - start], or
+    scale[0] for a one-row scale), is quantized per row: s = max|row| / 127, q = round(row / s)."""
+    torch.manual_seed(6)
+    n, k, e, start, end = 9, 2, 8, 2, 8
+    x = torch.randn(n, 16).to(dtype)
+    idx = torch.stack([torch.randperm(e)[:k] for _ in range(n)]).to(torch.int32)
+    smooth = torch.rand(smooth_rows if smooth_rows != 8 else end - start, 16) + 0.5
+    kwargs = dict(expert_num=e, expert_tokens_num_type=1, expert_tokens_num_flag=True,
+                  active_expert_range=[start, end], quant_mode=1,
+                  scale=smooth if smooth_rows else None)
+    q, row_idx, counts, scales = OPS.npu_moe_init_routing_v2(x, idx, **kwargs)
+    ref_x, ref_src_to_dst, order, ref_counts, _ = _ref_init_routing(
+        x, idx, e, start, end, -1, None)
+    assert q.dtype == torch.int8 and row_idx.tolist() == ref_src_to_dst
+    assert counts.tolist() == ref_counts
+    flat = idx.reshape(-1).tolist()
+    for dst, src in enumerate(order):
+        row = ref_x[dst]
+        if smooth_rows:
+            row = row * smooth[0 if smooth_rows == 1 else flat[src] - start].double()
+        s = float(row.abs().max()) / 127
+        assert float(scales[dst]) == pytest.approx(s, rel=1e-6)
+        want = [round(v) for v in (row / s).tolist()]
+        got = q[dst].tolist()
+        assert all(abs(a - b) <= 1 for a, b in zip(got, want, strict=True))
+        # only float32-vs-float64 near ties may differ
+        assert sum(a != b for a, b in zip(got, want, strict=True)) <= 1
+    assert not q[len(order):].any() and not scales[len(order):].any()
+    assert _fake_shapes(OPS.npu_moe_init_routing_v2, x, idx, **kwargs) == _shapes(
+        (q, row_idx, counts, scales))
 
 
 # ---- npu_grouped_matmul ---------------------------------------------------------------------
@@ -265,23 +305,127 @@ def test_grouped_matmul_split_item_3_and_uncovered_rows():
 
 
 @pytest.mark.parametrize(
-    "kwargs,name",
+    "kwargs,exc,name",
     [
-        (dict(scale=[torch.ones(3, 4)]), "scale"),
-        (dict(antiquant_scale=[torch.ones(3, 4)]), "antiquant_scale"),
-        (dict(antiquant_offset=[torch.ones(3, 4)]), "antiquant_offset"),
-        (dict(per_token_scale=[torch.ones(6)]), "per_token_scale"),
-        (dict(offset=[torch.ones(3, 4)]), "offset"),
-        (dict(split_item=0), "split_item=0"),
-        (dict(group_type=-1), "group_type=-1"),
-        (dict(act_type=1), "act_type=1"),
+        # quantization parameters with float x: illegal (doc: "not assigned" when unquantized)
+        (dict(scale=[torch.ones(3, 4)]), ValueError, "scale"),
+        (dict(per_token_scale=[torch.ones(6)]), ValueError, "per_token_scale"),
+        (dict(offset=[torch.ones(3, 4)]), ValueError, "offset"),
+        (dict(output_dtype=5), ValueError, "output_dtype"),
+        # legal on the NPU, not implemented here
+        (dict(antiquant_scale=[torch.ones(3, 4)]), NotImplementedError, "antiquant_scale"),
+        (dict(antiquant_offset=[torch.ones(3, 4)]), NotImplementedError, "antiquant_offset"),
+        (dict(split_item=0), NotImplementedError, "split_item=0"),
+        (dict(group_type=-1), NotImplementedError, "group_type=-1"),
+        (dict(act_type=1), NotImplementedError, "act_type=1"),
     ],
 )
-def test_grouped_matmul_rejects_quant_and_other_modes(kwargs, name):
+def test_grouped_matmul_rejects_quant_and_other_modes(kwargs, exc, name):
     x, w = torch.randn(6, 8), torch.randn(3, 8, 4)
     base = dict(group_list=torch.tensor([2, 2, 2]), split_item=2, group_type=0, group_list_type=1)
-    with pytest.raises(NotImplementedError, match=name):
+    with pytest.raises(exc, match=name):
         OPS.npu_grouped_matmul([x], [w], **{**base, **kwargs})
+
+
+def _ref_gmm_quant(x, w, counts, scale, pts, bias):
+    """float64: rows of group g -> (x_row @ W[g] + bias[g]) * scale[g] [* pts[row]]."""
+    out = torch.zeros(x.shape[0], w.shape[2], dtype=torch.float64)
+    row = 0
+    for g, c in enumerate(counts):
+        for _ in range(c):
+            acc = x[row].double() @ w[g].double()  # exact: small integers
+            if bias is not None:
+                acc = acc + bias[g].double()
+            out[row] = acc if scale is None else acc * scale[g]
+            if pts is not None:
+                out[row] = out[row] * float(pts[row])
+            row += 1
+    return out
+
+
+def _int8(shape):
+    return torch.randint(-128, 128, shape).to(torch.int8)
+
+
+@pytest.mark.parametrize(
+    "scale_dtype,pertoken,out",
+    [
+        (torch.bfloat16, True, torch.bfloat16),  # W8A8 dynamic (per token), bf16 model
+        (torch.float32, True, torch.float16),  # W8A8 dynamic, fp16 model
+        (torch.bfloat16, False, torch.bfloat16),  # per channel
+        (torch.float32, False, torch.float16),
+        (torch.float32, True, torch.float32),  # the CPU-backend float32 relaxation
+    ],
+)
+@pytest.mark.parametrize("counts", [[3, 0, 4, 1], [0, 9, 0]])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_grouped_matmul_w8a8(scale_dtype, pertoken, out, counts, with_bias):
+    torch.manual_seed(7)
+    m, k, n, e = sum(counts), 32, 16, len(counts)
+    x, w = _int8((m, k)), _int8((e, k, n))
+    scale = (torch.rand(e, n) / 100).to(scale_dtype)
+    pts = torch.rand(m) / 100 if pertoken else None
+    bias = torch.randint(-1000, 1000, (e, n), dtype=torch.int32) if with_bias else None
+    kwargs = dict(scale=[scale], per_token_scale=[pts] if pertoken else None,
+                  bias=[bias] if with_bias else None, group_list=torch.tensor(counts),
+                  split_item=2, group_type=0, group_list_type=1,
+                  output_dtype={torch.bfloat16: 15, torch.float16: 5, torch.float32: 6}[out])
+    (y,) = OPS.npu_grouped_matmul([x], [w], **kwargs)
+    ref = _ref_gmm_quant(x, w, counts, scale.double(), pts, bias)
+    assert y.dtype == out and y.shape == (m, n)
+    rtol = {torch.bfloat16: 8e-3, torch.float16: 1e-3, torch.float32: 1e-6}[out]
+    torch.testing.assert_close(y.double(), ref, rtol=rtol, atol=1e-6)
+    # weight as the transposed view of an [E, N, K] tensor: same result
+    (y_t,) = OPS.npu_grouped_matmul([x], [w.transpose(1, 2).contiguous().transpose(1, 2)],
+                                    **kwargs)
+    assert torch.equal(y_t, y)
+    assert _fake_shapes(OPS.npu_grouped_matmul, [x], [w], **kwargs) == _shapes([y])
+
+
+def test_grouped_matmul_w8a8_int8_and_int32_outputs():
+    """int64 scale -> int8 output (round half to even, saturate); no scale -> the int32
+    accumulator (+ int32 bias), which the W8A8-dynamic MoE dequantizes itself."""
+    torch.manual_seed(8)
+    counts, k, n = [4, 0, 6], 16, 8
+    x, w = _int8((10, k)), _int8((3, k, n))
+    bias = torch.randint(-50, 50, (3, n), dtype=torch.int32)
+    scale = torch.full((3, n), 2.0**-4)  # exact in FP19; acc * 2**-4 hits ties
+    param = OPS.npu_trans_quant_param(scale.reshape(-1)).reshape(3, n)
+    base = dict(bias=[bias], group_list=torch.tensor(counts).cumsum(0), split_item=3,
+                group_type=0)
+    (y8,) = OPS.npu_grouped_matmul([x], [w], scale=[param], **base)
+    ref = _ref_gmm_quant(x, w, counts, scale.double(), None, bias)
+    want = torch.tensor([[min(max(round(v), -128), 127) for v in r] for r in ref.tolist()])
+    assert y8.dtype == torch.int8 and torch.equal(y8.long(), want)
+    assert bool(((ref - ref.floor()) == 0.5).any()) and bool((ref.abs() > 128).any())
+    (y32,) = OPS.npu_grouped_matmul([x], [w], output_dtype=3, **base)
+    assert y32.dtype == torch.int32
+    assert torch.equal(y32.double(), _ref_gmm_quant(x, w, counts, None, None, bias))
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(offset=[torch.zeros(3, 4)]), "offset must be None"),
+        (dict(scale=[torch.rand(3).bfloat16()]), r"scale must be one \[E=3, N=4\]"),
+        (dict(scale=[torch.rand(3, 4)], output_dtype=15), "dtype table"),  # fp32 -> bf16
+        (dict(scale=[torch.rand(3, 4).bfloat16()], output_dtype=5), "dtype table"),
+        (dict(scale=[torch.zeros(3, 4, dtype=torch.int64)], per_token_scale=[torch.rand(6)],
+              output_dtype=5), "dtype table"),
+        (dict(scale=[torch.rand(3, 4)], per_token_scale=[torch.rand(5)], output_dtype=5),
+         "per_token_scale must be"),
+        (dict(scale=[torch.rand(3, 4)], output_dtype=5, bias=[torch.zeros(3, 4)]),
+         "bias must be torch.int32"),
+        (dict(output_dtype=15), "dtype table"),  # no scale: int32 output only
+    ],
+)
+def test_grouped_matmul_w8a8_rejects(kwargs, match):
+    x, w = _int8((6, 8)), _int8((3, 8, 4))
+    base = dict(group_list=torch.tensor([2, 2, 2]), split_item=2, group_type=0, group_list_type=1)
+    with pytest.raises(ValueError, match=match):
+        OPS.npu_grouped_matmul([x], [w], **{**base, **kwargs})
+    with pytest.raises(ValueError, match="one \\[E, K, N\\] tensor"):  # A8W8: single weight
+        OPS.npu_grouped_matmul([x], list(w), output_dtype=3, **base)
 
 
 # ---- combine: npu_moe_token_unpermute / npu_moe_finalize_routing ---------------------------

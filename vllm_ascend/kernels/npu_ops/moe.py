@@ -9,14 +9,18 @@ The unquantized fused-MoE method (vllm_ascend/ops/fused_moe.py) chains them as
     npu_moe_token_unpermute       gather each token's K rows back, weight by the topk weights, sum
 
 plus ``npu_moe_finalize_routing`` (the combine step that pairs with the v1 ``npu_moe_init_routing``)
-and ``npu_moe_compute_expert_tokens``.
+and ``npu_moe_compute_expert_tokens``. The W8A8 (dynamic) MoE uses the quantized forms of two of
+them: npu_moe_init_routing_v2 with quant_mode=1 (int8 rows and their per-row scales) and
+npu_grouped_matmul with int8 x and weights, scale and per_token_scale; their quantization
+arithmetic is shared with quant.py.
 
 Semantics follow torch-npu 2.13.0's ``_op_plugin_docs.py`` entry of the same name; output shapes and
 dtypes follow ``op_plugin/meta/_meta_registrations.py``. Where the docs leave a value undefined
 ("输出值未定义") these kernels write zeros / -1 so results are deterministic; callers must not rely
-on those values. Every kernel computes in float32 (float64 is never used: the NPU does not) and
-casts to the documented output dtype. Arguments outside the supported subset raise
-NotImplementedError naming the argument, in the CPU kernel and in the fake alike.
+on those values. Every kernel computes in float32 (float64 is never used: the NPU does not), the
+int8 matmuls accumulate exactly in int32, and results are cast to the documented output dtype.
+Arguments outside the supported subset raise NotImplementedError naming the argument, in the CPU
+kernel and in the fake alike.
 
 Index conventions (N tokens, K experts per token, "source position" s = i*K + k):
   * expert_idx from the gating op is (N, K) int32; ties in the softmax are broken towards the
@@ -37,6 +41,12 @@ from __future__ import annotations
 import torch
 
 from vllm_ascend.kernels.npu_library import npu_op
+from vllm_ascend.kernels.npu_ops.quant import (
+    decode_quant_param,
+    dequant_int32,
+    dtype_of,
+    dynamic_quant_rows,
+)
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 # npu_grouped_matmul: inner-axis limit of Atlas A2/A3, and the unquantized bias dtype per x dtype.
@@ -45,6 +55,7 @@ _GMM_BIAS_DTYPE = {
     torch.float16: torch.float16,
     torch.bfloat16: torch.float32,
     torch.float32: torch.float32,
+    torch.int8: torch.int32,
 }
 
 
@@ -151,7 +162,6 @@ def _init_routing_v2_check(
         op,
         **{
             f"drop_pad_mode={drop_pad_mode}": drop_pad_mode != 0,
-            f"quant_mode={quant_mode}": quant_mode != -1,
             "offset": offset is not None,
             "x_dtype": x_dtype is not None,
         },
@@ -182,19 +192,41 @@ def _init_routing_v2_check(
     )
     _require(active_num >= -1, f"{op}: active_num must be >= -1, got {active_num}")
     _require(row_idx_type in (0, 1), f"{op}: row_idx_type must be 0 or 1")
-    if scale is not None:
+    # "currently only -1 and 1"; static quantization (0) is explicitly not supported (doc).
+    _require(
+        quant_mode in (-1, 1),
+        f"{op}: quant_mode={quant_mode}: only -1 (none) and 1 (dynamic) are supported "
+        f"(doc: {op} 'quant_mode')",
+    )
+    if len(active_expert_range) == 0:
+        start, end = 0, expert_num
+    else:
+        _require(len(active_expert_range) == 2, f"{op}: active_expert_range must be [start, end]")
+        start, end = int(active_expert_range[0]), int(active_expert_range[1])
+        _require(
+            0 <= start < end <= expert_num,
+            f"{op}: active_expert_range must satisfy 0 <= start < end <= expert_num, "
+            f"got {start, end}",
+        )
+    if quant_mode == 1:
+        _require(
+            x.dtype != torch.int8,
+            f"{op}: int8 x cannot be quantized again: quant_mode must be -1 (doc: {op} "
+            "'quant_mode')",
+        )
+        if scale is not None:
+            _require(
+                scale.dtype == torch.float32 and scale.dim() == 2
+                and scale.shape[0] in (end - start, 1) and scale.shape[1] == x.shape[1],
+                f"{op}: with quant_mode=1, scale must be float32 2D (expert_end-expert_start="
+                f"{end - start} or 1, H={x.shape[1]}), got {scale.dtype} {tuple(scale.shape)} "
+                f"(doc: {op} 'scale')",
+            )
+    elif scale is not None:
         _require(
             scale.dim() == 1 and scale.shape[0] == x.shape[0] and scale.dtype == torch.float32,
             f"{op}: with quant_mode=-1, scale must be float32 1D (NUM_ROWS,) (doc: {op} 'scale')",
         )
-    if len(active_expert_range) == 0:
-        return 0, expert_num
-    _require(len(active_expert_range) == 2, f"{op}: active_expert_range must be [start, end]")
-    start, end = int(active_expert_range[0]), int(active_expert_range[1])
-    _require(
-        0 <= start < end <= expert_num,
-        f"{op}: active_expert_range must satisfy 0 <= start < end <= expert_num, got {start, end}",
-    )
     return start, end
 
 
@@ -239,7 +271,7 @@ def _init_routing_v2_fake(
     else:
         count_shape = (end - start,)
     return (
-        x.new_empty((rows, x.shape[1])),
+        x.new_empty((rows, x.shape[1]), dtype=torch.int8 if quant_mode == 1 else x.dtype),
         x.new_empty((total,), dtype=torch.int32),
         x.new_empty(count_shape, dtype=torch.int64),
         x.new_empty((rows,), dtype=torch.float32),
@@ -272,8 +304,8 @@ def npu_moe_init_routing_v2(
     row_idx_type=0,
     x_dtype=None,
 ):
-    """Doc entry ``npu_moe_init_routing_v2``, dropless and unquantized (drop_pad_mode=0,
-    quant_mode=-1).
+    """Doc entry ``npu_moe_init_routing_v2``, dropless (drop_pad_mode=0), unquantized
+    (quant_mode=-1) or with dynamic quantization (quant_mode=1).
 
     Returns (expanded_x, expanded_row_idx, expert_token_cumsum_or_count, expanded_scale):
       expanded_x      (R, H), R = NUM_ROWS*K or min(active_num, NUM_ROWS*K) if active_num > 0:
@@ -287,6 +319,11 @@ def npu_moe_init_routing_v2(
                       range, then one (0, 0) terminator, shape (expert_num, 2).
                       Without the flag a 0-dim tensor (the meta shape), value undefined.
       expanded_scale  (R,) float32: scale[token] per emitted row when scale is given, else zero.
+    quant_mode=1: each emitted row, times its expert's smooth vector scale[expert - expert_start]
+    (or scale[0] when scale has one row; no smoothing without scale), is quantized per row as
+    npu_dynamic_quant does (int8, rowmax/127, nearest-even); expanded_x is int8 and
+    expanded_scale holds the row scales (assumption: the doc calls it "the intermediate scale of
+    the quantization" without a formula). Invalid rows stay zero.
     Note the doc says the NPU currently implements only types 1 and 2 with the flag set.
     expert_capacity is unused in dropless mode (doc).
     """
@@ -324,8 +361,21 @@ def npu_moe_init_routing_v2(
     emitted_experts = sorted_experts[in_range][:rows]
     n_emit = emitted_src.numel()
 
-    expanded_x = x.new_zeros((rows, x.shape[1]))
-    expanded_x[:n_emit] = x[emitted_src // k]
+    expanded_scale = torch.zeros((rows,), dtype=torch.float32)
+    if quant_mode == 1:
+        expanded_x = x.new_zeros((rows, x.shape[1]), dtype=torch.int8)
+        emitted = x.float()[emitted_src // k]
+        if scale is not None:
+            emitted = emitted * (scale[0] if scale.shape[0] == 1 else
+                                 scale[emitted_experts - start])
+        q, row_scale = dynamic_quant_rows(emitted, 127.0)
+        expanded_x[:n_emit] = q.to(torch.int8)
+        expanded_scale[:n_emit] = row_scale
+    else:
+        expanded_x = x.new_zeros((rows, x.shape[1]))
+        expanded_x[:n_emit] = x[emitted_src // k]
+        if scale is not None:
+            expanded_scale[:n_emit] = scale.float()[emitted_src // k]
 
     expanded_row_idx = torch.full((total,), -1, dtype=torch.int32)
     if row_idx_type == 0:
@@ -347,9 +397,6 @@ def npu_moe_init_routing_v2(
         tokens[: nonzero.numel(), 1] = counts[nonzero]
         # the (0, 0) terminator, when fewer than expert_num pairs, is already in place
 
-    expanded_scale = torch.zeros((rows,), dtype=torch.float32)
-    if scale is not None:
-        expanded_scale[:n_emit] = scale.float()[emitted_src // k]
     return expanded_x, expanded_row_idx, tokens, expanded_scale
 
 
@@ -381,19 +428,15 @@ def _gmm_check(
     scale_dtype,
     per_token_scale_dtype,
 ) -> tuple[int, int, int]:
-    """Validate the supported subset; returns (M, N, number of groups)."""
+    """Validate the supported subset; returns (M, N, number of groups, output dtype)."""
     op = "npu_grouped_matmul"
     _unsupported(
         op,
-        scale=scale is not None,
-        offset=offset is not None,
         antiquant_scale=antiquant_scale is not None,
         antiquant_offset=antiquant_offset is not None,
-        per_token_scale=per_token_scale is not None,
         activation_input=activation_input is not None,
         activation_quant_scale=activation_quant_scale is not None,
         activation_quant_offset=activation_quant_offset is not None,
-        output_dtype=output_dtype is not None,
         x_dtype=x_dtype is not None,
         weight_dtype=weight_dtype is not None,
         scale_dtype=scale_dtype is not None,
@@ -408,7 +451,10 @@ def _gmm_check(
     )
     x0 = x[0]
     _require(x0.dim() == 2, f"{op}: x must be 2D, got {x0.dim()}D")
-    _require(x0.dtype in _FLOAT_DTYPES, f"{op}: unsupported x dtype {x0.dtype} (unquantized only)")
+    _require(
+        x0.dtype in (*_FLOAT_DTYPES, torch.int8),
+        f"{op}: x must be float16/bfloat16/float32 or int8, got {x0.dtype} (doc: {op} 'x')",
+    )
     _require(x0.is_contiguous(), f"{op}: x must be contiguous (doc: {op} group_type 0: x "
              "cannot be transposed)")
     _require(group_list.dim() == 1, f"{op}: group_list must be 1D")
@@ -450,14 +496,19 @@ def _gmm_check(
     _require(k_dims == {x0.shape[1]}, f"{op}: K of x ({x0.shape[1]}) and weight ({k_dims}) differ")
     _require(
         all(w.dtype == x0.dtype for w in weight),
-        f"{op}: x and weight dtypes must match (unquantized)",
+        f"{op}: weight dtypes {[w.dtype for w in weight]} must equal x's {x0.dtype} (doc: {op} "
+        "dtype tables)",
     )
     n = n_dims.pop()
+    if x0.dtype == torch.int8:
+        out = _gmm_quant_check(weight, scale, offset, per_token_scale, output_dtype, x0.shape[0],
+                               groups, n)
+    else:
+        out = _gmm_float_check(x0, scale, offset, per_token_scale, output_dtype)
     if bias is not None:
         want = _GMM_BIAS_DTYPE[x0.dtype]
         _require(all(b.dtype == want for b in bias), f"{op}: bias must be {want} with "
-                 f"{x0.dtype} x, got {[b.dtype for b in bias]} (doc: {op} dtype table, "
-                 "unquantized)")
+                 f"{x0.dtype} x, got {[b.dtype for b in bias]} (doc: {op} dtype tables)")
         if len(bias) == 1 and bias[0].dim() == 2:
             # Assumption (doc: "one bias per weight tensor"): with a single [E, K, N] weight the
             # bias is one [E, N] tensor.
@@ -467,7 +518,72 @@ def _gmm_check(
                 len(bias) == groups and all(tuple(b.shape) == (n,) for b in bias),
                 f"{op}: bias must be one [E, N] tensor or E tensors [N]",
             )
-    return x0.shape[0], n, groups
+    return x0.shape[0], n, groups, out
+
+
+def _gmm_float_check(x0, scale, offset, per_token_scale, output_dtype) -> torch.dtype:
+    """Formula 1 (unquantized): no quantization parameters; the output has x's dtype."""
+    op = "npu_grouped_matmul"
+    given = [name for name, t in (("scale", scale), ("offset", offset),
+                                  ("per_token_scale", per_token_scale)) if t is not None]
+    _require(not given, f"{op}: {', '.join(given)} given with {x0.dtype} x: quantization "
+             f"parameters need int8 x (doc: {op} dtype tables, unquantized: not assigned)")
+    out = dtype_of(output_dtype, op, "output_dtype") or x0.dtype
+    _require(out == x0.dtype, f"{op}: output_dtype {out} must be None or x's dtype {x0.dtype} "
+             f"(doc: {op} dtype tables, unquantized)")
+    return out
+
+
+# (scale dtype or None, per_token_scale given) -> output dtypes, from the doc's torch.Tensor
+# group_list table for Atlas A2 (per-channel: int64 -> int8, bfloat16 -> bfloat16, float32 ->
+# float16; per-token: bfloat16 -> bfloat16, float32 -> float16). No scale -> int32 (the raw int32
+# accumulator) is CANN aclnnGroupedMatmulV4's A8W8 row that the W8A8-dynamic MoE uses; float32
+# outputs are the CPU-backend relaxation.
+_GMM_QUANT_OUT = {
+    (torch.int64, False): (torch.int8,),
+    (torch.bfloat16, False): (torch.bfloat16,),
+    (torch.float32, False): (torch.float16, torch.float32),
+    (None, False): (torch.int32,),
+    (torch.bfloat16, True): (torch.bfloat16,),
+    (torch.float32, True): (torch.float16, torch.float32),
+}
+
+
+def _gmm_quant_check(weight, scale, offset, per_token_scale, output_dtype, m, groups,
+                     n) -> torch.dtype:
+    """Formulas 2/3 (per-channel / per-token quantization) with int8 x and weight."""
+    op = "npu_grouped_matmul"
+    _require(offset is None, f"{op}: offset must be None (doc: {op} 'offset': currently only "
+             "None)")
+    # A8W8 takes single tensors only, weight [E, K, N] (CANN aclnnGroupedMatmulV4 A8W8 rules).
+    _require(len(weight) == 1 and weight[0].dim() == 3, f"{op}: with int8 x the weight must be "
+             f"one [E, K, N] tensor (doc: {op} group_type 0, single-tensor scenario)")
+    if scale is not None:
+        _require(
+            len(scale) == 1 and tuple(scale[0].shape) == (groups, n),
+            f"{op}: scale must be one [E={groups}, N={n}] tensor (per channel, per expert), got "
+            f"{[tuple(t.shape) for t in scale]} (doc: {op} 'scale')",
+        )
+    if per_token_scale is not None:
+        _require(
+            len(per_token_scale) == 1 and tuple(per_token_scale[0].shape) == (m,)
+            and per_token_scale[0].dtype == torch.float32,
+            f"{op}: per_token_scale must be one float32 [M={m}] tensor, got "
+            f"{[(t.dtype, tuple(t.shape)) for t in per_token_scale]} (doc: {op} "
+            "'per_token_scale')",
+        )
+    s_dtype = None if scale is None else scale[0].dtype
+    outs = _GMM_QUANT_OUT.get((s_dtype, per_token_scale is not None))
+    out = dtype_of(output_dtype, op, "output_dtype") or torch.int8
+    _require(
+        outs is not None and out in outs,
+        f"{op}: int8 x with scale {s_dtype}, per_token_scale "
+        f"{'float32' if per_token_scale is not None else None} and output {out} is not in the "
+        f"dtype table (that scale and per_token_scale allow: "
+        f"{[str(d) for d in outs] if outs else 'nothing'}) (doc: {op} dtype tables, "
+        "per-channel / per-token quantization)",
+    )
+    return out
 
 
 def _gmm_fake(
@@ -495,7 +611,7 @@ def _gmm_fake(
     scale_dtype=None,
     per_token_scale_dtype=None,
 ):
-    m, n, _ = _gmm_check(
+    m, n, _, out_dtype = _gmm_check(
         x,
         weight,
         bias,
@@ -518,7 +634,7 @@ def _gmm_fake(
         scale_dtype,
         per_token_scale_dtype,
     )
-    return [x[0].new_empty((m, n))]
+    return [x[0].new_empty((m, n), dtype=out_dtype)]
 
 
 @npu_op(
@@ -556,15 +672,24 @@ def npu_grouped_matmul(
     scale_dtype=None,
     per_token_scale_dtype=None,
 ):
-    """Doc entry ``npu_grouped_matmul``, formula 1 (unquantized), group_type=0, split_item 2/3.
+    """Doc entry ``npu_grouped_matmul``, group_type=0, split_item 2/3: formula 1 (unquantized)
+    and formulas 2/3 (int8 per-channel / per-token quantization, the W8A8 MoE forms).
 
     x = [X (M, K)], weight = [W (E, K, N)] (or E tensors (K, N); either may be a transposed
     view), group_list (E,) int64: with group_list_type=0 the cumulative row ends, with 1 the row
-    count of each group. Rows of group e are multiplied by W[e] (+ bias[e]) with float32
-    accumulation; returns [Y (M, N)] in x's dtype. The groups must cover all M rows (doc).
-    tuning_config is a performance hint and ignored.
+    count of each group. The groups must cover all M rows (doc). tuning_config is a performance
+    hint and ignored.
+    Unquantized: rows of group e times W[e] (+ bias[e]) with float32 accumulation; [Y (M, N)] in
+    x's dtype.
+    int8 x and W: exact int32 accumulation, then (the doc's formulas 2/3 read as CANN
+    aclnnGroupedMatmulV4 writes them; the doc's "+ pertokenscale" is its typo for a product)
+        Y = (X W[e] + bias[e]) * scale[e] [* per_token_scale]
+    with scale one [E, N] tensor (float32/bfloat16, or int64 whose low 32 bits are the float32
+    scale, read as FP19 like npu_trans_quant_param's encoding), per_token_scale one float32 [M],
+    bias int32 [E, N]; output int8 (int64 scale, round to nearest-even, saturate), bfloat16,
+    float16, or with no scale int32 (the raw accumulator + bias).
     """
-    m, n, groups = _gmm_check(
+    m, n, groups, out_dtype = _gmm_check(
         x,
         weight,
         bias,
@@ -607,17 +732,24 @@ def npu_grouped_matmul(
     )
     x0 = x[0]
     single = len(weight) == 1 and weight[0].dim() == 3
-    out = torch.zeros((m, n), dtype=x0.dtype)
+    out = torch.zeros((m, n), dtype=out_dtype)
     begin = 0
     for g, end in enumerate(ends_list):
         if end > begin:
             w = weight[0][g] if single else weight[g]
-            acc = x0[begin:end].float() @ w.float()
+            b = None
             if bias is not None:
-                acc = (
-                    acc + (bias[0][g] if len(bias) == 1 and bias[0].dim() == 2 else bias[g]).float()
-                )
-            out[begin:end] = acc.to(x0.dtype)
+                b = bias[0][g] if len(bias) == 1 and bias[0].dim() == 2 else bias[g]
+            if x0.dtype == torch.int8:
+                s = None if scale is None else scale[0][g]
+                s = decode_quant_param(s)[0] if s is not None and s.dtype == torch.int64 else s
+                pts = None if per_token_scale is None else per_token_scale[0][begin:end]
+                acc = x0[begin:end].to(torch.int32) @ w.to(torch.int32)
+                out[begin:end] = dequant_int32(acc, None if s is None else s.float(), None, pts,
+                                               b, out_dtype)
+            else:
+                acc = x0[begin:end].float() @ w.float()
+                out[begin:end] = (acc if b is None else acc + b.float()).to(out_dtype)
         begin = end
     return [out]
 
