@@ -42,6 +42,11 @@ MODES = [
 ]
 
 
+def _weight_bytes(worker) -> int:
+    model = worker.model_runner.get_model()
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
 def one(model: str, kwargs: dict) -> dict:
     """Runs in the subprocess: build the engine, time the two generations."""
     import random
@@ -49,9 +54,10 @@ def one(model: str, kwargs: dict) -> dict:
     from vllm import LLM, SamplingParams, TokensPrompt
 
     start = time.perf_counter()
-    llm = LLM(model=model, dtype="float32", max_model_len=512, kv_cache_memory_bytes=64 << 20,
-              seed=0, **kwargs)
+    llm = LLM(model=model, **{"dtype": "float32", "max_model_len": 512,
+                              "kv_cache_memory_bytes": 64 << 20, "seed": 0, **kwargs})
     startup = time.perf_counter() - start
+    weights = sum(llm.collective_rpc(_weight_bytes))
     rng = random.Random(0)
     vocab = json.loads((pathlib.Path(model) / "config.json").read_text())["vocab_size"]
     prompts = [TokensPrompt(prompt_token_ids=[rng.randrange(8, vocab) for _ in range(PROMPT)])
@@ -69,7 +75,24 @@ def one(model: str, kwargs: dict) -> dict:
         rates.append(N * (LONG - SHORT) / (timed(LONG) - timed(SHORT)))
     # Stop the engine's processes now: left to interpreter exit, the teardown can hang.
     llm.llm_engine.engine_core.shutdown()
-    return {"startup_s": startup, "decode_tok_s": C.stats(rates)}
+    return {"startup_s": startup, "decode_tok_s": C.stats(rates), "weight_bytes": weights}
+
+
+def measure(path: pathlib.Path, kwargs: dict, label: str) -> dict:
+    """``one`` in a fresh subprocess (this file with --one)."""
+    env = dict(os.environ, VLLM_ASCEND_DEVICE="cpu", VLLM_ENABLE_V1_MULTIPROCESSING="1",
+               VLLM_ALLOW_INSECURE_SERIALIZATION="1")  # the weight-bytes query is a function
+    print(f"  {label} ...", file=sys.stderr, flush=True)
+    with tempfile.NamedTemporaryFile("r", suffix=".json") as out, \
+            tempfile.TemporaryFile("w+") as log:
+        # Output to a file, not a pipe: the engine's own processes inherit it.
+        proc = subprocess.run([sys.executable, __file__, "--one", str(path),
+                               json.dumps(kwargs), out.name],
+                              env=env, stdout=log, stderr=log, text=True, timeout=300)
+        if proc.returncode:
+            log.seek(0)
+            raise RuntimeError(f"{label} failed:\n{log.read()[-3000:]}")
+        return json.load(out)
 
 
 def run() -> dict:
@@ -77,18 +100,7 @@ def run() -> dict:
 
     rows = []
     for model, label, kwargs in MODES:
-        env = dict(os.environ, VLLM_ASCEND_DEVICE="cpu", VLLM_ENABLE_V1_MULTIPROCESSING="1")
-        print(f"  parallel: {model} {label} ...", file=sys.stderr, flush=True)
-        with tempfile.NamedTemporaryFile("r", suffix=".json") as out, \
-                tempfile.TemporaryFile("w+") as log:
-            # Output to a file, not a pipe: the engine's own processes inherit it.
-            proc = subprocess.run([sys.executable, __file__, "--one",
-                                   str(build_checkpoint(model)), json.dumps(kwargs), out.name],
-                                  env=env, stdout=log, stderr=log, text=True, timeout=300)
-            if proc.returncode:
-                log.seek(0)
-                raise RuntimeError(f"{model} {label} failed:\n{log.read()[-3000:]}")
-            result = json.load(out)
+        result = measure(build_checkpoint(model), kwargs, f"parallel: {model} {label}")
         rows.append({"model": model, "mode": label, **result})
     for row in rows:
         single = next(r for r in rows if r["model"] == row["model"] and r["mode"] == "single")

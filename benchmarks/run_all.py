@@ -4,6 +4,7 @@
 1. host overhead per engine step (tiny model, decode batches 1/16/64/256), plugin vs peer
 2. graph replay: host ms per decode step, eager vs PIECEWISE vs FULL_DECODE_ONLY (plugin)
 3. parallel modes: start-up and decode tok/s of TP/PP/EP/Ray next to the single process (plugin)
+   and quantization: weight bytes and decode tok/s of each scheme next to bf16 (plugin)
 4. SmolLM2-135M-Instruct offline throughput and online serving (bf16, fp32), plugin vs peer
 5. NPU roofline for Qwen2.5-7B-Instruct on a 910B against published vllm-ascend figures
 6. a py-spy profile of the plugin's engine step at decode batch 64 (skip with --no-profile)
@@ -14,7 +15,7 @@ logs) is written to benchmarks/results/bench-<timestamp>.json and benchmarks/res
 (logs in benchmarks/results/logs/).
 
     .venv/bin/python benchmarks/run_all.py [--quick] [--no-serve] [--no-profile]
-        [--only host,graph,parallel,serving,roofline,profile]
+        [--only host,graph,parallel,quant,serving,roofline,profile]
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import _common as C  # noqa: E402
 import bench_graph_replay  # noqa: E402
 import bench_host_overhead  # noqa: E402
 import bench_parallel  # noqa: E402
+import bench_quant  # noqa: E402
 import bench_serving  # noqa: E402
 import profile_host  # noqa: E402
 import roofline  # noqa: E402
@@ -37,7 +39,7 @@ import roofline  # noqa: E402
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="host,graph,parallel,serving,roofline,profile")
+    ap.add_argument("--only", default="host,graph,parallel,quant,serving,roofline,profile")
     ap.add_argument("--no-serve", action="store_true", help="offline throughput only")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--quick", action="store_true",
@@ -78,6 +80,8 @@ def main() -> int:
         section("graph_replay", lambda: bench_graph_replay.run(**kw), bench_graph_replay.render)
     if "parallel" in parts:
         section("parallel", bench_parallel.run, bench_parallel.render)
+    if "quant" in parts:
+        section("quant", bench_quant.run, bench_quant.render)
     if "serving" in parts:
         cfg = (dict(dtypes=["bfloat16"], offline_prompts=16, offline_repeats=2, serve_prompts=4,
                     rates=["4", "inf"]) if args.quick else {})

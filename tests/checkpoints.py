@@ -254,6 +254,15 @@ def _mistral_sw_spec() -> dict[str, Any]:
     }
 
 
+def _llama_wide_spec() -> dict[str, Any]:
+    # Wide enough that its weights (30M parameters) stand out from a process's memory noise:
+    # for memory-accounting tests (quantized weights leave more room for the KV cache).
+    spec = _llama_spec()
+    spec["config"].update(hidden_size=1024, intermediate_size=4096, num_attention_heads=8,
+                          num_key_value_heads=2, head_dim=128)
+    return spec
+
+
 CHECKPOINT_SPECS: dict[str, dict[str, Any]] = {
     "llama": _llama_spec(),
     "qwen2": _qwen2_spec(),
@@ -261,6 +270,7 @@ CHECKPOINT_SPECS: dict[str, dict[str, Any]] = {
     "qwen3_moe": _qwen3_moe_spec(),
     "mixtral": _mixtral_spec(),
     "mistral_sw": _mistral_sw_spec(),
+    "llama_wide": _llama_wide_spec(),
 }
 
 CHECKPOINT_NAMES = ("llama", "qwen2", "qwen3", "qwen3_moe", "mixtral")

@@ -21,10 +21,11 @@ def register_ops() -> None:
 
     if active_backend() is None:
         return
-    from vllm_ascend import kernels, ops, patches
+    from vllm_ascend import kernels, ops, patches, quantization
     from vllm_ascend.attention import register_backend
 
     patches.apply()
     kernels.load()
     ops.register_layers()
     register_backend()
+    quantization.register()

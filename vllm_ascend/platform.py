@@ -178,9 +178,19 @@ class NPUPlatform(Platform):
 
     # ---- configuration ---------------------------------------------------------------------
     @classmethod
+    def pre_register_and_update(cls, parser=None) -> None:
+        # Before any config exists: `--quantization ascend` must be a known method.
+        from vllm_ascend import quantization
+
+        quantization.register()
+
+    @classmethod
     def apply_config_platform_defaults(cls, vllm_config: VllmConfig) -> None:
         # Runs before vLLM fills in its optimization-level defaults and capture sizes, so this
         # is where an unset cudagraph_mode (None) is told apart from the user's request.
+        from vllm_ascend.quantization import config as quant_config
+
+        quant_config.detect(vllm_config)  # an msModelSlim checkpoint selects `ascend`
         graph_modes.resolve_mode(vllm_config, _DEVICE.device_type)
 
     @classmethod

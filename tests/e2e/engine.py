@@ -26,8 +26,10 @@ def engine(model, **kwargs):
         disable_log_stats=False,  # the tests read prefix-cache and preemption counters
     )
     defaults.update(kwargs)
-    llm = LLM(model=str(model), **defaults)
+    llm = None
     try:
+        # Inside the try: an engine that fails to start leaves parallel state behind too.
+        llm = LLM(model=str(model), **defaults)
         yield llm
     finally:
         del llm

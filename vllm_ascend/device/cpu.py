@@ -27,6 +27,26 @@ def _host_available_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
 
 
+_malloc_trim = None
+
+
+def _release_free_heap() -> None:
+    """Hand memory that C's allocator holds but nothing uses back to the system, so the RSS
+    read next counts live memory (freed weight copies from loading would otherwise look like
+    memory in use). glibc only; elsewhere a no-op."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        import ctypes
+        import ctypes.util
+
+        try:
+            _malloc_trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
 def _process_rss_bytes() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -129,6 +149,7 @@ class CpuDevice:
 
     @staticmethod
     def memory_used() -> int:
+        _release_free_heap()
         return _process_rss_bytes()
 
     @staticmethod

@@ -149,6 +149,14 @@ class AscendUnquantizedFusedMoEMethod(UnquantizedFusedMoEMethod):
 
     # ---- weights ---------------------------------------------------------------------------
     def process_weights_after_loading(self, layer: RoutedExperts) -> None:
+        self.prepare_routing(layer)
+        for name in ("w13_weight", "w2_weight"):
+            transpose_for_grouped_matmul(layer, name)
+        self.moe_quant_config = self.get_fused_moe_quant_config(layer)
+
+    def prepare_routing(self, layer: RoutedExperts) -> None:
+        """Checks, this rank's expert range and the all-to-all dispatcher: what every MoE
+        method here (unquantized and quantized) does once the weights are in."""
         check_layer(layer)
         self.local_range = local_expert_range(layer)
         if self.use_all_to_all:
@@ -157,14 +165,6 @@ class AscendUnquantizedFusedMoEMethod(UnquantizedFusedMoEMethod):
             self.dispatcher = AllToAllDispatch(
                 get_ep_group(), layer.global_num_experts, self.local_range
             )
-        for name in ("w13_weight", "w2_weight"):
-            param = getattr(layer, name)
-            if getattr(param, _GMM_LAYOUT_ATTR, False):
-                continue  # already [E, in, out]
-            gmm_weight = param.data.transpose(1, 2).contiguous()
-            setattr(gmm_weight, _GMM_LAYOUT_ATTR, True)
-            replace_parameter(layer, name, gmm_weight)
-        self.moe_quant_config = self.get_fused_moe_quant_config(layer)
 
     # ---- forward ---------------------------------------------------------------------------
     def apply_monolithic(
@@ -303,6 +303,16 @@ class AscendUnquantizedFusedMoEMethod(UnquantizedFusedMoEMethod):
             x[share], topk_ids[share], None if probs is None else probs[share], mlp
         )
         return out
+
+
+def transpose_for_grouped_matmul(layer: RoutedExperts, name: str) -> None:
+    """vLLM's per-expert (out, in) weight -> the grouped matmul's [E, in, out], once."""
+    param = getattr(layer, name)
+    if getattr(param, _GMM_LAYOUT_ATTR, False):
+        return  # already [E, in, out]
+    gmm_weight = param.data.transpose(1, 2).contiguous()
+    setattr(gmm_weight, _GMM_LAYOUT_ATTR, True)
+    replace_parameter(layer, name, gmm_weight)
 
 
 def _expert_matmul(

@@ -22,6 +22,12 @@ class AscendRMSNorm(RMSNorm):
         if residual is None:
             y, _rstd = torch.ops.npu.npu_rms_norm(x, self.weight, self.variance_epsilon)
             return y
+        if getattr(self, "feeds_int8_dynamic", False):
+            # Add + norm + per-token int8 quantization in one op for the W8A8_DYNAMIC layer
+            # this norm feeds (quantization/norm_fusion.py).
+            from vllm_ascend.quantization.norm_fusion import add_rms_norm_quant
+
+            return add_rms_norm_quant(self, x, residual)
         # npu_add_rms_norm returns (norm(x + residual), rstd, x + residual): the sum is the
         # residual stream for the next layer.
         y, _rstd, summed = torch.ops.npu.npu_add_rms_norm(

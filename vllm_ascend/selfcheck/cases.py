@@ -660,6 +660,332 @@ def _add_rms_norm_quant_case(name: str, tokens: int, hidden: int, dtype: torch.d
 
 
 # ---------------------------------------------------------------------------------------------
+# Quantized linear layers and MoE experts (quantization/)
+# ---------------------------------------------------------------------------------------------
+
+# A value this close to a .5 rounding boundary (in quantisation steps) may round either way: the
+# kernels divide in float32 (and the NPU may multiply by a reciprocal), the reference in float64,
+# and the NPU's tie rule is not the doc's to fix. float32 is off by < 2e-5 steps at |v| <= 128.
+_BOUNDARY = 1e-4
+
+
+def _near_boundary(v: torch.Tensor) -> torch.Tensor:
+    return ((v - v.floor()) - 0.5).abs() <= _BOUNDARY
+
+
+def _check_codes(name: str, codes: torch.Tensor, v: torch.Tensor) -> None:
+    """int8 codes against clamp(round_half_even(v), -128, 127) of the exact float64 values v;
+    where v sits on a rounding boundary either neighbour is accepted."""
+    if codes.dtype != torch.int8 or codes.shape != v.shape:
+        raise AssertionError(f"{name}: {codes.dtype} {tuple(codes.shape)}, expected int8 "
+                             f"{tuple(v.shape)}")
+    c = codes.double()
+    lo, hi = v.floor().clamp(-128, 127), (v.floor() + 1).clamp(-128, 127)
+    ok = (c == torch.round(v).clamp(-128, 127)) | (_near_boundary(v) & ((c == lo) | (c == hi)))
+    if not bool(ok.all()):
+        idx = tuple(int(i) for i in (~ok).nonzero()[0])
+        raise AssertionError(f"{name}: {int((~ok).sum())}/{ok.numel()} codes differ from "
+                             f"clamp(round_half_even(v)) away from a rounding boundary; first at "
+                             f"{idx}: {int(codes[idx])} for v = {float(v[idx]):.6f}")
+
+
+def _check_dtype(name: str, t: torch.Tensor, dtype: torch.dtype) -> None:
+    if t.dtype != dtype:
+        raise AssertionError(f"{name}: dtype {t.dtype}, the call site asks for {dtype}")
+
+
+def _per_token_values(x: torch.Tensor) -> torch.Tensor:
+    """x in units of its row's quantisation step: x / (rowmax|x| / 127), float64."""
+    x = x.double()
+    return x / (x.abs().amax(-1, keepdim=True) / 127.0)
+
+
+def _quant_verify(x_key: str, values: Callable[[dict], torch.Tensor],
+                  y_ref: Callable[[dict, Outputs], torch.Tensor], dtype: torch.dtype,
+                  tol: dict) -> Callable[[dict, Outputs], None]:
+    """verify of an op chain that quantizes ``inputs[x_key]`` (codes ``x_q``; with a per-token
+    ``scale`` output, rowmax|x| / 127) and then multiplies (``y`` in ``dtype``, against the
+    float64 product of the output codes)."""
+
+    def verify(inputs: dict, out: Outputs) -> None:
+        _check_dtype("y", out["y"], dtype)
+        if "scale" in out:
+            assert_close("scale", out["scale"],
+                         inputs[x_key].double().abs().amax(-1) / 127.0,
+                         dict(atol=0.0, rtol=1e-6))
+        _check_codes("x_q", out["x_q"], values(inputs))
+        assert_close("y", out["y"], y_ref(inputs, out), tol)
+
+    return verify
+
+
+def _quant_compare(values: Callable[[dict], torch.Tensor],
+                   y_ref: Callable[[dict, Outputs], torch.Tensor], tol: dict):
+    """NPU vs CPU of an op chain that quantizes (codes ``x_q``, optional per-row ``scale``) and
+    then multiplies (``y``): codes equal, or one step apart where the value sits on a rounding
+    boundary; ``y`` close on the rows whose codes agree, and on the other rows close to the
+    float64 product of the NPU's own codes."""
+
+    def compare(npu: Outputs, cpu: Outputs, inputs: dict) -> None:
+        if "scale" in cpu:
+            assert_close("scale (NPU vs CPU)", npu["scale"], cpu["scale"],
+                         dict(atol=0.0, rtol=1e-5))
+        diff = (npu["x_q"].int() - cpu["x_q"].int()).abs()
+        if int(diff.max()) > 1 or bool((diff.bool() & ~_near_boundary(values(inputs))).any()):
+            raise AssertionError("x_q (NPU vs CPU): codes differ by more than one step, or away "
+                                 "from a rounding boundary")
+        same = ~diff.bool().any(-1)
+        assert_close("y (NPU vs CPU)", npu["y"][same], cpu["y"][same], tol)
+        if not bool(same.all()):  # rows where a boundary value rounded the other way
+            assert_close("y (NPU, rows with boundary codes)", npu["y"][~same],
+                         y_ref(inputs, npu)[~same], tol)
+
+    return compare
+
+
+def _int8_weight(g: torch.Generator, *shape: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """msModelSlim's per-channel symmetric int8 weight of a float [..., n, k] one: the int8
+    [..., k, n] the call sites hold after load (weight.t().contiguous() /
+    transpose_for_grouped_matmul), and the float32 scale [..., n] (absmax / 127)."""
+    w = torch.randn(*shape, generator=g) * shape[-1] ** -0.5
+    s = w.abs().amax(-1) / 127.0
+    q = torch.round(w / s.unsqueeze(-1)).clamp(-127, 127).to(torch.int8)
+    return q.transpose(-1, -2).contiguous(), s
+
+
+def _token_rows(g: torch.Generator, m: int, k: int, dtype: torch.dtype) -> torch.Tensor:
+    """Activation rows whose magnitudes span two decades (per-token scales that differ)."""
+    mag = 10.0 ** (2 * torch.rand(m, 1, generator=g) - 1)
+    return (torch.randn(m, k, generator=g) * mag).to(dtype)
+
+
+def _with_outliers(g: torch.Generator, m: int, k: int, dtype: torch.dtype) -> torch.Tensor:
+    """Activations for a static (calibrated) scale, with a few outliers far beyond its range on
+    both sides, which saturate at -128 / 127."""
+    x = torch.randn(m, k, generator=g)
+    x[0, :3], x[-1, -3:] = 40.0, -40.0
+    return x.to(dtype)
+
+
+def _deq64(deq_scale: torch.Tensor) -> torch.Tensor:
+    """The float64 value of a W8A8 deq_scale: float32, or (fp16 models) int64 holding the float32
+    bits as a sign-extended int32, as msModelSlim writes it."""
+    if deq_scale.dtype == torch.int64:
+        return deq_scale.to(torch.int32).view(torch.float32).double()
+    return deq_scale.double()
+
+
+def _w8a8_static_case(name: str, m: int, k: int, n: int, dtype: torch.dtype) -> Case:
+    """W8A8 (msModelSlim static): per-tensor asymmetric activations with a power-of-two scale and
+    an integral offset (so x / s + o is exact and ties are exact), per-channel int8 weights,
+    int32 quant_bias carrying the float bias and the offset's correction; deq_scale float32 for
+    bfloat16 models, the float32 bits as int64 for float16 ones."""
+    tol = TOLS[dtype]
+    s_x, o_x = 2.0 ** -5, 8  # the int8 range covers [-4.25, 3.97]
+
+    def build(g):
+        w, s_w = _int8_weight(g, n, k)
+        deq = (s_w * s_x).float()
+        bias = torch.randn(n, generator=g) * 0.1
+        quant_bias = torch.round(bias.double() / deq.double()) - o_x * w.double().sum(0)
+        deq_scale = deq.view(torch.int32).to(torch.int64) if dtype == torch.float16 else deq
+        return dict(x=_with_outliers(g, m, k, dtype),
+                    input_scale=torch.tensor([s_x], dtype=torch.float32),
+                    input_offset=torch.tensor([o_x], dtype=torch.int8), weight=w,
+                    deq_scale=deq_scale, quant_bias=quant_bias.to(torch.int32))
+
+    def run(inputs, device):
+        x = _to(inputs, device)
+        x_q = torch.ops.npu.npu_quantize(x["x"], x["input_scale"], x["input_offset"],
+                                         torch.qint8, -1, True)
+        y = torch.ops.npu.npu_quant_matmul(x_q, x["weight"], x["deq_scale"],
+                                           bias=x["quant_bias"], output_dtype=dtype)
+        return _host(dict(y=y, x_q=x_q))
+
+    def values(inputs):
+        return (inputs["x"].double() / inputs["input_scale"].double()
+                + inputs["input_offset"].double())
+
+    def y_ref(inputs, out):
+        acc = out["x_q"].double() @ inputs["weight"].double() + inputs["quant_bias"].double()
+        return acc * _deq64(inputs["deq_scale"])
+
+    verify = _quant_verify("x", values, y_ref, dtype, tol)
+
+    deq = ("int64 deq_scale (float32 bits widened, as msModelSlim writes it; the CPU kernel "
+           "reads its low 32 bits as FP19, so no npu_trans_quant_param)"
+           if dtype == torch.float16 else "float32 deq_scale")
+    return Case(name, "npu::npu_quantize+npu_quant_matmul",
+                f"quantization/linear_schemes.py W8A8Static.apply ({deq})", build, run, verify,
+                tol, compare=_quant_compare(values, y_ref, tol))
+
+
+def _w8a8_dynamic_case(name: str, m: int, k: int, n: int, dtype: torch.dtype) -> Case:
+    tol = TOLS[dtype]
+
+    def build(g):
+        w, s_w = _int8_weight(g, n, k)
+        return dict(x=_token_rows(g, m, k, dtype), weight=w, weight_scale=s_w)
+
+    def run(inputs, device):
+        x = _to(inputs, device)
+        x_q, scale = torch.ops.npu.npu_dynamic_quant(x["x"])
+        y = torch.ops.npu.npu_quant_matmul(x_q, x["weight"], x["weight_scale"],
+                                           pertoken_scale=scale, output_dtype=dtype)
+        return _host(dict(y=y, x_q=x_q, scale=scale))
+
+    def values(inputs):
+        return _per_token_values(inputs["x"])
+
+    def y_ref(inputs, out):
+        acc = out["x_q"].double() @ inputs["weight"].double()
+        return acc * out["scale"].double()[:, None] * inputs["weight_scale"].double()
+
+    verify = _quant_verify("x", values, y_ref, dtype, tol)
+
+    return Case(name, "npu::npu_dynamic_quant+npu_quant_matmul",
+                "quantization/linear_schemes.py W8A8Dynamic.apply (unfused); "
+                "quantization/compressed_tensors.py AscendInt8ScaledMMLinearKernel (dynamic)",
+                build, run, verify, tol, compare=_quant_compare(values, y_ref, tol))
+
+
+def _w8a8_prequantized_case(name: str, m: int, k: int, n: int, dtype: torch.dtype) -> Case:
+    """The int8 rows and float32 per-token scales handed over by the fused add + RMSNorm +
+    quant (quantization/norm_fusion.py), straight into npu_quant_matmul."""
+    tol = TOLS[dtype]
+
+    def build(g):
+        x = _token_rows(g, m, k, torch.float32)
+        scale = x.abs().amax(-1) / 127.0
+        w, s_w = _int8_weight(g, n, k)
+        return dict(x_q=torch.round(x / scale[:, None]).to(torch.int8), scale=scale, weight=w,
+                    weight_scale=s_w)
+
+    def run(inputs, device):
+        x = _to(inputs, device)
+        return _host(dict(y=torch.ops.npu.npu_quant_matmul(
+            x["x_q"], x["weight"], x["weight_scale"], pertoken_scale=x["scale"],
+            output_dtype=dtype)))
+
+    def verify(inputs, out):
+        _check_dtype("y", out["y"], dtype)
+        ref = (inputs["x_q"].double() @ inputs["weight"].double()) * (
+            inputs["scale"].double()[:, None] * inputs["weight_scale"].double())
+        assert_close("y", out["y"], ref, tol)
+
+    return Case(name, "npu::npu_quant_matmul",
+                "quantization/linear_schemes.py W8A8Dynamic.apply (pre-quantized by "
+                "norm_fusion.add_rms_norm_quant)", build, run, verify, tol)
+
+
+def _ct_int8_static_case(name: str, m: int, k: int, n: int, dtype: torch.dtype) -> Case:
+    """compressed-tensors static int8: symmetric per-tensor activation scale (absmax / 127 of
+    the calibration, not a power of two), dequantization scale s_x * s_w per channel. With
+    float16 output the float32 scale goes through npu_trans_quant_param inside the op (FP19)."""
+    tol = TOLS[dtype]
+
+    def build(g):
+        w, s_w = _int8_weight(g, n, k)
+        s_x = torch.tensor([4.0 / 127.0], dtype=torch.float32)
+        return dict(x=_with_outliers(g, m, k, dtype), input_scale=s_x, weight=w,
+                    scale=(s_w.float() * s_x).contiguous())
+
+    def run(inputs, device):
+        x = _to(inputs, device)
+        x_q = torch.ops.npu.npu_quantize(x["x"], x["input_scale"], None, torch.qint8, -1, True)
+        y = torch.ops.npu.npu_quant_matmul(x_q, x["weight"], x["scale"], output_dtype=dtype)
+        return _host(dict(y=y, x_q=x_q))
+
+    def values(inputs):
+        return inputs["x"].double() / inputs["input_scale"].double()
+
+    def y_ref(inputs, out):
+        return (out["x_q"].double() @ inputs["weight"].double()) * inputs["scale"].double()
+
+    verify = _quant_verify("x", values, y_ref, dtype, tol)
+
+    return Case(name, "npu::npu_quantize+npu_quant_matmul",
+                "quantization/compressed_tensors.py AscendInt8ScaledMMLinearKernel (static)",
+                build, run, verify, tol, compare=_quant_compare(values, y_ref, tol))
+
+
+def _w8a16_case(name: str, m: int, k: int, n: int, dtype: torch.dtype, bias: bool) -> Case:
+    """msModelSlim W8A16: asymmetric per-channel int8 weights; after load the scale and the
+    negated offset are [n] in the activations' dtype. The kernel rounds the dequantized weight to
+    x's dtype (assumption in quant.py), well inside the tolerance at these magnitudes."""
+    tol = TOLS[dtype]
+
+    def build(g):
+        w = torch.randn(n, k, generator=g) * k ** -0.5 + 0.02 * torch.randn(n, 1, generator=g)
+        lo, hi = w.amin(-1), w.amax(-1)
+        scale = (hi - lo) / 255.0
+        offset = -128.0 - torch.round(lo / scale)  # w ~ (q - offset) * scale
+        q = (torch.round(w / scale[:, None]) + offset[:, None]).clamp(-128, 127)
+        return dict(x=_randn(g, m, k, dtype=dtype), weight=q.to(torch.int8).t().contiguous(),
+                    scale=scale.to(dtype), offset=(-offset).to(dtype),
+                    bias=_randn(g, n, dtype=dtype, scale=0.1) if bias else None)
+
+    def run(inputs, device):
+        x = _to(inputs, device)
+        return _host(dict(y=torch.ops.npu.npu_weight_quant_batchmatmul(
+            x["x"], x["weight"], x["scale"], x["offset"], bias=x["bias"])))
+
+    def verify(inputs, out):
+        _check_dtype("y", out["y"], dtype)
+        w = (inputs["weight"].double() + inputs["offset"].double()) * inputs["scale"].double()
+        ref = inputs["x"].double() @ w
+        if inputs["bias"] is not None:
+            ref = ref + inputs["bias"].double()
+        assert_close("y", out["y"], ref, tol)
+
+    return Case(name, "npu::npu_weight_quant_batchmatmul",
+                "quantization/linear_schemes.py W8A16.apply"
+                + (" (with the layer's bias)" if bias else ""), build, run, verify, tol)
+
+
+def _moe_w8a8_gmm_case(name: str, counts: list[int], k: int, n: int,
+                       dtype: torch.dtype) -> Case:
+    """W8A8-dynamic experts: rows grouped by expert -> per-token int8 -> grouped int8 matmul
+    with per-expert per-channel scales (bfloat16 for a bfloat16 output, float32 for float16)."""
+    tol = TOLS[dtype]
+    experts, rows = len(counts), sum(counts)
+    scale_dtype = torch.bfloat16 if dtype == torch.bfloat16 else torch.float32
+
+    def build(g):
+        w, s_w = _int8_weight(g, experts, n, k)
+        return dict(rows=_token_rows(g, rows, k, dtype), weight=w, scale=s_w.to(scale_dtype),
+                    counts=torch.tensor(counts, dtype=torch.int64))
+
+    def run(inputs, device):
+        x = _to(inputs, device)
+        rows_q, row_scale = torch.ops.npu.npu_dynamic_quant(x["rows"])
+        y = torch.ops.npu.npu_grouped_matmul(
+            [rows_q], [x["weight"]], scale=[x["scale"]], per_token_scale=[row_scale],
+            group_list=x["counts"], split_item=2, group_type=0, group_list_type=1,
+            output_dtype=dtype)[0]
+        return _host(dict(y=y, x_q=rows_q, scale=row_scale))
+
+    def values(inputs):
+        return _per_token_values(inputs["rows"])
+
+    def y_ref(inputs, out):
+        ref = torch.zeros(rows, n, dtype=torch.float64)
+        begin = 0
+        for e, c in enumerate(counts):
+            acc = out["x_q"][begin:begin + c].double() @ inputs["weight"][e].double()
+            ref[begin:begin + c] = (acc * inputs["scale"][e].double()
+                                    * out["scale"][begin:begin + c].double()[:, None])
+            begin += c
+        return ref
+
+    verify = _quant_verify("rows", values, y_ref, dtype, tol)
+
+    return Case(name, "npu::npu_dynamic_quant+npu_grouped_matmul",
+                "quantization/moe_schemes.py _int8_grouped_matmul", build, run, verify, tol,
+                compare=_quant_compare(values, y_ref, tol))
+
+
+# ---------------------------------------------------------------------------------------------
 # the list
 # ---------------------------------------------------------------------------------------------
 
@@ -725,6 +1051,19 @@ def build_cases() -> list[Case]:
         _masked_input_case("masked_input_tp2_rank0", (0, 512, 0, 1010, 1026)),
         _masked_input_case("masked_input_tp2_rank1", (512, 1010, 14, 1026, 1026)),
         _add_rms_norm_quant_case("add_rms_norm_dynamic_quant", 29, 2048, bf16),
+        # Qwen2-7B-like linears (hidden 3584, intermediate 18944), tensor-parallel shards.
+        _w8a8_static_case("w8a8_static_qkv_tp4_bf16", 13, 3584, 1152, bf16),
+        _w8a8_static_case("w8a8_static_down_tp8_fp16_int64_deq", 6, 2368, 3584, fp16),
+        _w8a8_dynamic_case("w8a8_dynamic_gate_up_tp16_bf16", 21, 3584, 2368, bf16),
+        _w8a8_dynamic_case("w8a8_dynamic_o_proj_tp8_fp16", 5, 448, 3584, fp16),
+        _w8a8_prequantized_case("w8a8_dynamic_prequantized_qkv_tp4_bf16", 29, 3584, 1152, bf16),
+        _ct_int8_static_case("ct_int8_static_qkv_tp4_bf16", 11, 3584, 1152, bf16),
+        _ct_int8_static_case("ct_int8_static_o_proj_tp8_fp16", 4, 448, 3584, fp16),
+        _w8a16_case("w8a16_gate_up_tp16_bf16", 7, 3584, 2368, bf16, bias=False),
+        _w8a16_case("w8a16_qkv_tp8_fp16_bias", 3, 3584, 576, fp16, bias=True),
+        # Qwen3-30B-A3B-like experts (hidden 2048, moe intermediate 768), TP4 shards.
+        _moe_w8a8_gmm_case("moe_w8a8_gmm_w13_bf16", [5, 0, 17, 3, 8, 1, 0, 2], 2048, 384, bf16),
+        _moe_w8a8_gmm_case("moe_w8a8_gmm_w2_fp16", [4, 9, 0, 3], 192, 2048, fp16),
     ]
     names = [c.name for c in cases]
     assert len(names) == len(set(names)), "duplicate case names"

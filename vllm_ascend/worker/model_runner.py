@@ -7,7 +7,9 @@ What differs, and nothing else:
 - the KV cache is allocated as dense K and V halves per layer (worker/kv_cache.py);
 - vLLM's graph wrappers are swapped for ones that capture with the device layer's graphs:
   whole decode graphs (worker/graph_wrapper.py) and piecewise graphs with eager attention
-  between the pieces (worker/breakable_graph.py).
+  between the pieces (worker/breakable_graph.py);
+- after loading, norms that feed a W8A8-dynamic layer are fused with its input quantization
+  (quantization/norm_fusion.py).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 from vllm.v1.worker.utils import bind_kv_cache
 
 from vllm_ascend import device
+from vllm_ascend.quantization import norm_fusion
 from vllm_ascend.worker.breakable_graph import AscendBreakableGraphWrapper, check_attention_breaks
 from vllm_ascend.worker.graph_wrapper import AscendGraphWrapper
 from vllm_ascend.worker.kv_cache import allocate_kv_caches
@@ -33,6 +36,7 @@ class NPUModelRunner(GPUModelRunner):
 
     def load_model(self, *args, **kwargs) -> None:
         super().load_model(*args, **kwargs)
+        norm_fusion.enable(self.get_model())
         self._use_device_graphs()
 
     def _use_device_graphs(self) -> None:

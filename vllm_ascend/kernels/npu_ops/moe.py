@@ -46,6 +46,7 @@ from vllm_ascend.kernels.npu_ops.quant import (
     dequant_int32,
     dtype_of,
     dynamic_quant_rows,
+    exact_int_matmul,
 )
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -744,7 +745,7 @@ def npu_grouped_matmul(
                 s = None if scale is None else scale[0][g]
                 s = decode_quant_param(s)[0] if s is not None and s.dtype == torch.int64 else s
                 pts = None if per_token_scale is None else per_token_scale[0][begin:end]
-                acc = x0[begin:end].to(torch.int32) @ w.to(torch.int32)
+                acc = exact_int_matmul(x0[begin:end], w)
                 out[begin:end] = dequant_int32(acc, None if s is None else s.float(), None, pts,
                                                b, out_dtype)
             else:

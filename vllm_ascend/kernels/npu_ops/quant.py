@@ -566,6 +566,19 @@ def _qmm_fake(x1, x2, scale, *, offset=None, pertoken_scale=None, bias=None, out
     return x1.new_empty(shape, dtype=out)
 
 
+def exact_int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b of small integers (int8 / unpacked int4) as the exact int32 accumulator.
+
+    Two int8 matrices go through ``torch._int_mm`` (int8 x int8 -> int32 on the CPU too: exact,
+    fast, and without a float copy of the weight). Anything else (batch dims, other integer
+    dtypes) in float64: every product and partial sum is an integer far below 2**53, so the
+    result is exact, and float64 runs on BLAS where an integer matmul does not.
+    """
+    if a.dim() == 2 and b.dim() == 2 and a.dtype == b.dtype == torch.int8:
+        return torch._int_mm(a.contiguous(), b)
+    return torch.matmul(a.double(), b.double()).to(_I32)
+
+
 def dequant_int32(acc: torch.Tensor, scale, offset, pertoken_scale, bias, out: torch.dtype):
     """The dequantisation every quantized matmul here ends with (CANN aclnnQuantMatmulV4 /
     aclnnGroupedMatmulV4 formulas): int32 bias joins the accumulator, then
@@ -616,7 +629,7 @@ def npu_quant_matmul(x1, x2, scale, *, offset=None, pertoken_scale=None, bias=No
                               x2_dtype, pertoken_scale_dtype, scale_dtype, group_sizes, y_scale)
     a = unpack_int4(x1) if int4 else x1
     b = unpack_int4_operand(x2) if int4 else x2
-    acc = torch.matmul(a.to(_I32), b.to(_I32))
+    acc = exact_int_matmul(a, b)
     off = None
     if scale.dtype == _I64:
         s, off = decode_quant_param(scale)
