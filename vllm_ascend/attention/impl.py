@@ -46,7 +46,7 @@ class AscendAttentionImpl(AttentionImpl[AscendAttentionMetadata]):
             problems.append("ALiBi")
         if logits_soft_cap:
             problems.append("logits soft-capping")
-        if attn_type != AttentionType.DECODER:
+        if attn_type not in (AttentionType.DECODER, AttentionType.ENCODER_ONLY):
             problems.append(f"attention type {attn_type}")
         if kv_cache_dtype not in ("auto", "float16", "bfloat16", "float32"):
             problems.append(f"kv_cache_dtype={kv_cache_dtype}")
@@ -86,6 +86,8 @@ class AscendAttentionImpl(AttentionImpl[AscendAttentionMetadata]):
             raise NotImplementedError("vllm-ascend attention has no fused output quantisation")
         if attn_metadata is None:  # profiling run without a KV cache
             return output
+        if self.attn_type == AttentionType.ENCODER_ONLY:
+            return self._encoder_only(query, key, value, attn_metadata, output)
         n = attn_metadata.num_actual_tokens
         key_cache, value_cache = kv_cache.unbind(1)
         if self.kv_sharing_target_layer_name is None:
@@ -122,6 +124,45 @@ class AscendAttentionImpl(AttentionImpl[AscendAttentionMetadata]):
         )
         output[:n].copy_(attn_out.reshape(output[:n].shape))
         return output
+
+
+    def _encoder_only(self, query, key, value, attn_metadata: AscendAttentionMetadata,
+                      output: torch.Tensor) -> torch.Tensor:
+        """Bidirectional attention within each request, no KV cache (encoder-only models):
+        the fused attention with K/V as TND tensors and no mask (sparse_mode 0)."""
+        n = attn_metadata.num_actual_tokens
+        d = self.head_size
+        q = query[:n].reshape(n, self.num_heads, d)
+        k = key[:n].reshape(n, self.num_kv_heads, d)
+        v = value[:n].reshape(n, self.num_kv_heads, d)
+        padded = padded_head_size(d)
+        if padded != d:
+            # The kernel's TND layout takes head dims 64/128/192. Zero columns change no q.k
+            # product, and the output's extra columns (from zero V columns) are dropped.
+            q, k, v = (torch.nn.functional.pad(t, (0, padded - d)) for t in (q, k, v))
+        attn_out, _ = torch.ops.npu.npu_fused_infer_attention_score(
+            q.contiguous(), k.contiguous(), v.contiguous(),
+            actual_seq_lengths=attn_metadata.cu_query_lens,
+            actual_seq_lengths_kv=attn_metadata.cu_query_lens,
+            num_heads=self.num_heads,
+            scale=self.scale,  # the model's own 1/sqrt(head_size), not the padded one
+            input_layout="TND",
+            num_key_value_heads=self.num_kv_heads,
+            sparse_mode=0,
+        )
+        output[:n].copy_(attn_out[..., :d].reshape(output[:n].shape))
+        return output
+
+
+def padded_head_size(head_size: int) -> int:
+    """The smallest head size the fused attention's TND layout takes that holds head_size."""
+    from vllm_ascend.attention.backend import SUPPORTED_HEAD_SIZES
+
+    for size in SUPPORTED_HEAD_SIZES:
+        if size >= head_size:
+            return size
+    raise NotImplementedError(f"head size {head_size} exceeds the fused attention's largest "
+                              f"({SUPPORTED_HEAD_SIZES[-1]})")
 
 
 def null_block_slots_for_padding(slot_mapping: torch.Tensor) -> torch.Tensor:
