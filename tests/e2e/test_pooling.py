@@ -5,6 +5,8 @@
   to 64 (attention/impl.py); sentence-transformers' mean pooling and normalization.
 - A decoder model as an embedding model (`--runner pooling`): causal attention with the paged
   KV cache, last-token pooling, normalized.
+- A BERT cross-encoder (random weights, MiniLM's tokenizer): query/document scores with
+  token type ids, offline and through `vllm serve`'s /rerank.
 - `vllm serve --runner pooling` answering /v1/embeddings.
 """
 
@@ -89,3 +91,73 @@ def test_vllm_serve_embeddings_endpoint(minilm_path):
         code = srv.stop()
     assert code == 0, srv.output()
     assert (got.double() - minilm_reference(minilm_path, TEXTS)).abs().max().item() < TOLERANCE
+
+
+CE_QUERY = "what is the capital of france"
+CE_DOCS = ["paris", "bananas are yellow",
+           "The capital of France is Paris, a city on the Seine with many museums and cafes."]
+
+
+@pytest.fixture(scope="module")
+def cross_encoder(minilm_path):
+    """A 2-layer BERT cross-encoder (one label, head size 32) with random weights and
+    all-MiniLM-L6-v2's WordPiece tokenizer (which gives token type ids for pairs)."""
+    from checkpoints import build_atomically, cache_root
+
+    def build(out):
+        from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+        torch.manual_seed(0)
+        config = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2,
+                            num_attention_heads=2, intermediate_size=128, num_labels=1,
+                            max_position_embeddings=512, initializer_range=0.2)
+        BertForSequenceClassification(config).eval().save_pretrained(out)
+        AutoTokenizer.from_pretrained(minilm_path).save_pretrained(out)
+
+    return build_atomically(cache_root() / "checkpoints" / "bert-cross-encoder-v1", build)
+
+
+def cross_encoder_reference(path) -> list[float]:
+    """sigmoid of the classifier logit of each (query, document) pair, in float64."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float64).eval()
+    scores = []
+    for doc in CE_DOCS:
+        with torch.no_grad():
+            logit = model(**tok(CE_QUERY, doc, return_tensors="pt")).logits[0, 0]
+        scores.append(float(torch.sigmoid(logit)))
+    return scores
+
+
+def test_cross_encoder_scores_match_hf(cross_encoder):
+    """Each pair alone (the short ones fit a captured graph size; they carry token type ids the
+    graphs were not captured with, so those steps run eagerly) and all pairs in one batch."""
+    with engine(cross_encoder, runner="pooling", max_model_len=256,
+                kv_cache_memory_bytes=None) as llm:
+        alone = [llm.score(CE_QUERY, doc, use_tqdm=False)[0].outputs.score for doc in CE_DOCS]
+        batched = [o.outputs.score for o in llm.score(CE_QUERY, CE_DOCS, use_tqdm=False)]
+    ref = cross_encoder_reference(cross_encoder)
+    assert max(ref) - min(ref) > 0.05  # the pairs score differently: a mix-up would show
+    for got in (alone, batched):
+        assert max(abs(a - b) for a, b in zip(got, ref, strict=True)) < TOLERANCE, (got, ref)
+
+
+def test_vllm_serve_rerank_endpoint(cross_encoder):
+    import requests
+    from server import Server
+
+    srv = Server(cross_encoder, "--runner", "pooling", "--max-model-len", "256",
+                 "--dtype", "float32")
+    try:
+        resp = requests.post(srv.url + "/rerank", json={
+            "model": "test", "query": CE_QUERY, "documents": CE_DOCS}, timeout=60)
+        resp.raise_for_status()
+        results = resp.json()["results"]
+    finally:
+        code = srv.stop()
+    assert code == 0, srv.output()
+    ref = cross_encoder_reference(cross_encoder)
+    got = {r["index"]: r["relevance_score"] for r in results}
+    assert max(abs(got[i] - ref[i]) for i in range(len(CE_DOCS))) < TOLERANCE, (got, ref)

@@ -21,6 +21,7 @@ import collections
 import gc
 from typing import Any
 
+import torch
 from vllm.compilation.breakable_cudagraph import (
     BreakableCUDAGraphCapture,
     BreakableCUDAGraphWrapper,
@@ -53,10 +54,14 @@ class AscendBreakableGraphWrapper(BreakableCUDAGraphWrapper):
         super().__init__(*args, **kwargs)
         # Replays per captured token count, for tests and the benchmark.
         self.replays: collections.Counter[int] = collections.Counter()
+        # The tensor keyword arguments each graph was captured with (by batch descriptor).
+        self._captured_kwargs: dict[Any, frozenset[str]] = {}
+        self._eager_kwargs_logged = False
 
     def _capture(self, entry, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         validate_cudagraph_capturing_enabled()
         entry.input_addresses = self._collect_tensor_addresses(args, kwargs)
+        self._captured_kwargs[entry.batch_descriptor] = _tensor_kwargs(kwargs)
         if gc.isenabled():  # bulk capture runs with gc frozen and does this once
             gc.collect()
             device.current().empty_cache()
@@ -72,8 +77,23 @@ class AscendBreakableGraphWrapper(BreakableCUDAGraphWrapper):
         return output
 
     def _replay(self, entry, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        extra = _tensor_kwargs(kwargs) - self._captured_kwargs.get(entry.batch_descriptor,
+                                                                   frozenset())
+        if extra:
+            # The graphs were captured without these inputs (the runner's dummy batches do not
+            # make, e.g., a cross-encoder's token_type_ids), so no replay would read them: the
+            # step runs eagerly instead.
+            if not self._eager_kwargs_logged:
+                self._eager_kwargs_logged = True
+                logger.info("vllm-ascend: steps with %s run eagerly (the graphs were captured "
+                            "without them)", sorted(extra))
+            return self.runnable(*args, **kwargs)
         self.replays[entry.batch_descriptor.num_tokens] += 1
         return super()._replay(entry, args, kwargs)
+
+
+def _tensor_kwargs(kwargs: dict[str, Any]) -> frozenset[str]:
+    return frozenset(k for k, v in kwargs.items() if isinstance(v, torch.Tensor))
 
 
 def check_attention_breaks() -> None:
