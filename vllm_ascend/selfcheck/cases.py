@@ -225,6 +225,45 @@ def _attn_case(name: str, s: AttnShape) -> Case:
     )
 
 
+def _encoder_attn_case(name: str, lens: tuple[int, ...], heads: int, head_dim: int,
+                       dtype: torch.dtype) -> Case:
+    """Encoder-only attention (attention/impl.py ``_encoder_only``): K/V as TND tensors, no
+    cache, no mask (sparse_mode 0: every token of a request sees every other), head dims below
+    64 zero-padded to 64 as the call site pads them, the model's own scale."""
+    tol = TOLS[dtype]
+    padded = 64 if head_dim <= 64 else 128 if head_dim <= 128 else 192
+    scale = head_dim ** -0.5
+
+    def build(g):
+        t = sum(lens)
+        return {k: _randn(g, t, heads, head_dim, dtype=dtype) for k in ("q", "k", "v")} | {
+            "cu": torch.tensor(lens).cumsum(0).tolist()}
+
+    def run(inputs, device):
+        x = _to(inputs, device)
+        q, k, v = (torch.nn.functional.pad(x[n], (0, padded - head_dim)) for n in "qkv")
+        out, _ = torch.ops.npu.npu_fused_infer_attention_score(
+            q.contiguous(), k.contiguous(), v.contiguous(), actual_seq_lengths=x["cu"],
+            actual_seq_lengths_kv=x["cu"], num_heads=heads, scale=scale, input_layout="TND",
+            num_key_value_heads=heads, sparse_mode=0)
+        return _host(dict(out=out[..., :head_dim]))
+
+    def verify(inputs, outputs):
+        q, k, v = (inputs[n].double() for n in "qkv")
+        ref = torch.zeros_like(q)
+        start = 0
+        for n in lens:
+            rows = slice(start, start + n)
+            scores = torch.einsum("qhd,khd->hqk", q[rows], k[rows]) * scale
+            ref[rows] = torch.einsum("hqk,khd->qhd", torch.softmax(scores, -1), v[rows])
+            start += n
+        assert_close("encoder attention output", outputs["out"], ref, tol)
+
+    return Case(name, "npu::npu_fused_infer_attention_score",
+                "attention/impl.py AscendAttentionImpl._encoder_only (BERT, no KV cache)",
+                build, run, verify, tol=tol)
+
+
 def _scatter_case(name: str, tokens: int, kv_heads: int, head_dim: int, block_size: int,
                   dtype: torch.dtype) -> Case:
     def build(g: torch.Generator) -> dict:
@@ -1013,6 +1052,9 @@ def _attention_cases() -> list[Case]:
                                                       block_size=256)),
         _attn_case("fia_tnd_window_mixed", AttnShape((1, 50, 3), (200, 70, 3), window=32,
                                                      head_dim=64)),
+        # all-MiniLM-L6-v2: 12 heads of 32, padded to 64; and a BERT-base-like head of 64.
+        _encoder_attn_case("fia_tnd_encoder_d32_padded", (7, 30, 1, 64), 12, 32, fp16),
+        _encoder_attn_case("fia_tnd_encoder_d64_bf16", (12, 5), 12, 64, bf16),
     ]
     return cases
 
