@@ -30,7 +30,12 @@ class AscendConfig:
     expert_dispatch: str = "alltoall"
 
     @classmethod
-    def from_additional_config(cls, raw: dict[str, Any] | None) -> AscendConfig:
+    def from_additional_config(cls, raw: Any) -> AscendConfig:
+        if raw is not None and not isinstance(raw, dict):
+            # vLLM also accepts a hashable config object here; Ascend options come as a dict.
+            raise ValueError(
+                f"vllm-ascend: additional_config must be a dict of Ascend options (e.g. "
+                f"'{{\"expert_dispatch\": \"allgather\"}}'), got {type(raw).__name__}")
         raw = {k: v for k, v in (raw or {}).items() if k not in VLLM_OWNED_KEYS}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(raw) - known)

@@ -238,3 +238,7 @@ def test_additional_config_is_checked(llama):
         make_config(llama, additional_config={"expert_dispatch": "ring"})
     cfg = make_config(llama, additional_config={"gdn_prefill_backend": "triton"})
     assert get_ascend_config(cfg).expert_dispatch == "alltoall"
+    from vllm_ascend.ascend_config import AscendConfig
+
+    with pytest.raises(ValueError, match="must be a dict of Ascend options"):
+        AscendConfig.from_additional_config(("expert_dispatch", "allgather"))
