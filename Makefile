@@ -12,6 +12,8 @@ PIP := $(PY) -m pip --disable-pip-version-check
 STAMPS := $(VENV)/.stamps
 TORCH_VERSION := 2.13.0
 VLLM_VERSION := 0.32.0
+# The torchvision release built for TORCH_VERSION (vision-language processors need it).
+TORCHVISION_VERSION := 0.28.0
 PYTEST_ARGS ?=
 # Sources whose change requires rebuilding/reinstalling the package (csrc is compiled by setup.py).
 PKG_SOURCES := pyproject.toml setup.py CMakeLists.txt $(shell find csrc -type f 2>/dev/null)
@@ -34,7 +36,13 @@ $(STAMPS)/vllm: $(STAMPS)/torch
 	$(PIP) install -q torch==$(TORCH_VERSION)
 	@touch $@
 
-$(STAMPS)/package: $(STAMPS)/vllm $(PKG_SOURCES)
+# torchvision for this torch; where the registry's wheel cannot load beside the CPU torch, its
+# pure-Python repack (tools/torchvision_pyonly.py says why and what that leaves out).
+$(STAMPS)/torchvision: $(STAMPS)/vllm tools/torchvision_pyonly.py
+	$(PY) tools/torchvision_pyonly.py $(TORCHVISION_VERSION)
+	@touch $@
+
+$(STAMPS)/package: $(STAMPS)/torchvision $(PKG_SOURCES)
 	$(PIP) install -q pybind11 "cmake>=3.26" ninja setuptools wheel
 	MAX_JOBS=$${MAX_JOBS:-2} $(PIP) install -q --no-build-isolation -e ".[dev]"
 	@touch $@

@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 from vllm.v1.attention.backend import AttentionImpl, AttentionLayer, AttentionType
 
+from vllm_ascend.attention.encoder import bidirectional_attention
 from vllm_ascend.attention.metadata import AscendAttentionMetadata
 
 # pre_tokens/next_tokens default: unlimited.
@@ -128,41 +129,16 @@ class AscendAttentionImpl(AttentionImpl[AscendAttentionMetadata]):
 
     def _encoder_only(self, query, key, value, attn_metadata: AscendAttentionMetadata,
                       output: torch.Tensor) -> torch.Tensor:
-        """Bidirectional attention within each request, no KV cache (encoder-only models):
-        the fused attention with K/V as TND tensors and no mask (sparse_mode 0)."""
+        """Bidirectional attention within each request, no KV cache (encoder-only models)."""
         n = attn_metadata.num_actual_tokens
         d = self.head_size
-        q = query[:n].reshape(n, self.num_heads, d)
-        k = key[:n].reshape(n, self.num_kv_heads, d)
-        v = value[:n].reshape(n, self.num_kv_heads, d)
-        padded = padded_head_size(d)
-        if padded != d:
-            # The kernel's TND layout takes head dims 64/128/192. Zero columns change no q.k
-            # product, and the output's extra columns (from zero V columns) are dropped.
-            q, k, v = (torch.nn.functional.pad(t, (0, padded - d)) for t in (q, k, v))
-        attn_out, _ = torch.ops.npu.npu_fused_infer_attention_score(
-            q.contiguous(), k.contiguous(), v.contiguous(),
-            actual_seq_lengths=attn_metadata.cu_query_lens,
-            actual_seq_lengths_kv=attn_metadata.cu_query_lens,
-            num_heads=self.num_heads,
-            scale=self.scale,  # the model's own 1/sqrt(head_size), not the padded one
-            input_layout="TND",
-            num_key_value_heads=self.num_kv_heads,
-            sparse_mode=0,
-        )
-        output[:n].copy_(attn_out[..., :d].reshape(output[:n].shape))
+        out = bidirectional_attention(
+            query[:n].reshape(n, self.num_heads, d),
+            key[:n].reshape(n, self.num_kv_heads, d),
+            value[:n].reshape(n, self.num_kv_heads, d),
+            attn_metadata.cu_query_lens, self.scale)
+        output[:n].copy_(out.reshape(output[:n].shape))
         return output
-
-
-def padded_head_size(head_size: int) -> int:
-    """The smallest head size the fused attention's TND layout takes that holds head_size."""
-    from vllm_ascend.attention.backend import SUPPORTED_HEAD_SIZES
-
-    for size in SUPPORTED_HEAD_SIZES:
-        if size >= head_size:
-            return size
-    raise NotImplementedError(f"head size {head_size} exceeds the fused attention's largest "
-                              f"({SUPPORTED_HEAD_SIZES[-1]})")
 
 
 def null_block_slots_for_padding(slot_mapping: torch.Tensor) -> torch.Tensor:

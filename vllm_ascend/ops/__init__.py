@@ -29,6 +29,7 @@ OOT_LAYERS: dict[str, tuple[str, str]] = {
     "RMSNorm": ("vllm_ascend.ops.layernorm", "AscendRMSNorm"),
     "GemmaRMSNorm": ("vllm_ascend.ops.layernorm", "AscendGemmaRMSNorm"),
     "SiluAndMul": ("vllm_ascend.ops.activation", "AscendSiluAndMul"),
+    "QuickGELU": ("vllm_ascend.ops.activation", "AscendQuickGELU"),
     # Rotary: RotaryEmbedding and the subclasses that share its forward and differ only in the
     # cos/sin cache (rotary_embedding.SAME_FORWARD_AS_ROTARY_EMBEDDING; partial rotary included).
     "RotaryEmbedding": (_ROPE, "AscendRotaryEmbedding"),
@@ -42,6 +43,9 @@ OOT_LAYERS: dict[str, tuple[str, str]] = {
     # Same rotation, own forward signature: DeepSeek YaRN (MLA), multimodal rope (Qwen2/2.5-VL).
     "DeepseekScalingRotaryEmbedding": (_ROPE, "AscendDeepseekScalingRotaryEmbedding"),
     "MRotaryEmbedding": (_ROPE, "AscendMRotaryEmbedding"),
+    # Vision encoders: the rotary vLLM applies to q/k directly, and the attention without cache.
+    "ApplyRotaryEmb": ("vllm_ascend.ops.vision_rotary", "AscendApplyRotaryEmb"),
+    "MMEncoderAttention": ("vllm_ascend.ops.mm_encoder_attention", "AscendMMEncoderAttention"),
     # A PluggableLayer in vLLM 0.32: the whole forward is replaced.
     "VocabParallelEmbedding": (
         "vllm_ascend.ops.vocab_parallel_embedding",
@@ -100,11 +104,16 @@ NATIVE_FALLBACKS: dict[str, tuple[str | None, str]] = {
 }
 
 NATIVE_BY_DESIGN: dict[str, str] = {
-    "ApplyRotaryEmb": (
-        "a sub-module of every rotary layer that the plugin's rotary forwards never call (they "
-        "run the _C_ascend kernel on q/k); vLLM calls it directly only in vision encoders"
-    ),
     "LayerNorm": "F.layer_norm, one aten op that torch_npu runs as a device kernel",
+    "FusedMMInputNorm": (
+        "pixel normalisation on the device, (x - mean) / std per channel: one multiply-add of "
+        "elementwise aten ops (its CUDA path is a Triton kernel)"
+    ),
+    **dict.fromkeys(
+        ("Conv2dLayer", "Conv3dLayer"),
+        "vision patch embedding: with kernel == stride (Qwen2-VL, Qwen2.5-VL) an unfold and one "
+        "F.linear matmul, else F.conv2d/F.conv3d; aten ops torch_npu runs as device kernels",
+    ),
     **dict.fromkeys(
         ("ColumnParallelLinear", "MergedColumnParallelLinear", "QKVParallelLinear",
          "RowParallelLinear", "ReplicatedLinear"),

@@ -15,7 +15,8 @@ Ascend class here: the vLLM class with the plugin's forward mixed in. Three fami
 * ``DeepseekScalingRotaryEmbedding``: the same rotation of the leading ``rotary_dim`` of each head,
   with its own forward signature (``offsets``; q/k as ``[tokens, heads, head_dim]``).
 * ``MRotaryEmbedding`` (Qwen2-VL / Qwen2.5-VL text): with 1-D positions it is the plain rotation;
-  with 3-row (T/H/W) positions each frequency takes its cos/sin from one of the rows, so the
+  with 3-row (T/H/W) positions each frequency takes its cos/sin from one of the rows: torch_npu's
+  ``npu_mrope`` for consecutive sections (Qwen2/2.5-VL); for interleaved sections (Qwen3-VL) the
   per-token rows are gathered first and the kernel runs on them with positions 0..T-1.
 
 Classes whose forward computes something else keep vLLM's forward; they are listed with the reason
@@ -142,8 +143,20 @@ class AscendMRotaryEmbedding(MRotaryEmbedding):
                 f"MRotaryEmbedding: positions must be [tokens] or [sections, tokens] with "
                 f"mrope_section set; got {tuple(positions.shape)}, {self.mrope_section}"
             )
-        # One cos/sin row per token: frequency j takes its angle from the position row that its
-        # section names (T/H/W), then the kernel reads row t for token t.
+        if self.mrope_interleaved or key is None:
+            return self._gathered(positions, query, key, cos_sin_cache)
+        # npu_mrope takes q/k as [tokens, heads * head_size] and returns new tensors.
+        q_out, k_out = torch.ops.npu.npu_mrope(
+            positions, query.reshape(query.shape[0], -1), key.reshape(key.shape[0], -1),
+            cos_sin_cache, self.head_size, mrope_section=list(self.mrope_section),
+            rotary_mode="half" if self.is_neox_style else "interleave")
+        return q_out.view(query.shape), k_out.view(key.shape)
+
+    def _gathered(self, positions, query, key, cos_sin_cache):
+        """Without npu_mrope: Qwen3-VL's interleaved sections (T/H/W cycling over frequencies;
+        npu_mrope's 'interleave' cache mode is not defined by its doc) or no key. The per-token
+        cos/sin rows are gathered here (frequency j from the row its section names) and the
+        kernel reads row t for token t."""
         cos, sin = cos_sin_cache[positions].chunk(2, dim=-1)  # each [sections, tokens, rot/2]
         if self.mrope_interleaved:
             cos = apply_interleaved_rope(cos, self.mrope_section)

@@ -145,8 +145,9 @@ SAMPLES: list[tuple[str, str, Callable[[], tuple[tuple, dict]]]] = [
 ]
 
 from test_quant_ops import FIDELITY_SAMPLES  # noqa: E402
+from test_rotary_ops import FIDELITY_SAMPLES as ROTARY_SAMPLES  # noqa: E402
 
-SAMPLES += FIDELITY_SAMPLES
+SAMPLES += FIDELITY_SAMPLES + ROTARY_SAMPLES
 
 # ----------------------------------------------------------------------------------------------
 # torch-npu reference files

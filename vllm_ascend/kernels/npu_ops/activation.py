@@ -33,3 +33,18 @@ def npu_swiglu(self: torch.Tensor, dim: int = -1) -> torch.Tensor:
                          "A and B; doc: npu_swiglu formula)")
     a, b = self.float().split(size // 2, dim=dim)
     return (torch.nn.functional.silu(a) * b).to(self.dtype)
+
+
+@npu_op("npu_fast_gelu(Tensor self) -> Tensor", fake=lambda self: self.new_empty(self.shape))
+def npu_fast_gelu(self: torch.Tensor) -> torch.Tensor:
+    """torch_npu.npu_fast_gelu (doc entry ``npu_fast_gelu``), the Atlas A2/A3 formula (formula 2):
+    x / (1 + exp(-1.702 x)) = x * sigmoid(1.702 x), i.e. QuickGELU. (Formula 1, of older Atlas
+    products, equals it for every x.) Assumption: computed in float32, rounded once."""
+    if self.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"npu_fast_gelu: input must be float16, bfloat16 or float32, got "
+                        f"{self.dtype} (doc: npu_fast_gelu 'input', Atlas A2/A3)")
+    if self.dim() > 8:
+        raise ValueError(f"npu_fast_gelu: at most 8 dims, got {tuple(self.shape)} "
+                         "(doc: npu_fast_gelu 'input')")
+    x = self.float()
+    return (x * torch.sigmoid(1.702 * x)).to(self.dtype)
