@@ -18,7 +18,9 @@ workers) are safe.
 Public API::
 
     CHECKPOINT_NAMES            # llama, qwen2, qwen3, qwen3_moe, mixtral
-    ALL_CHECKPOINT_NAMES        # + mistral_sw (sliding window 32)
+    ALL_CHECKPOINT_NAMES        # + mistral_sw (sliding window 32), deepseek_v2, deepseek_v3 (MLA),
+                                #   deepseek_v3_mtp (deepseek_v3 with a random MTP layer),
+                                #   deepseek_v3_mtp_mirror (an MTP layer whose drafts agree)
     build_checkpoint(name)      # -> pathlib.Path of the checkpoint directory
     CHECKPOINT_SPECS[name]      # the spec (architecture, config overrides)
 """
@@ -263,6 +265,120 @@ def _llama_wide_spec() -> dict[str, Any]:
     return spec
 
 
+def _llama_long_spec() -> dict[str, Any]:
+    # The llama above with room for 8192 positions: long-context tests run prompts past the
+    # fused attention's 2048x2048 compressed causal mask up to max_model_len 8192.
+    spec = _llama_spec()
+    spec["config"].update(max_position_embeddings=8192)
+    return spec
+
+
+def _mla_attention() -> dict[str, Any]:
+    # Multi-head Latent Attention at the sizes the NPU's MLA decode kernel takes: a latent of
+    # 512 and a rope part of 64 (npu_fused_infer_attention_score with query_rope/key_rope).
+    # The per-head no-rope and value dims stay tiny (prefill pads them to the fused attention's
+    # TND head dims: q/k 32 + 64 -> 128, v 32 -> 128).
+    return dict(
+        kv_lora_rank=512,
+        qk_rope_head_dim=64,
+        qk_nope_head_dim=32,
+        v_head_dim=32,
+        max_position_embeddings=4096,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+        tie_word_embeddings=False,
+        attention_bias=False,
+    )
+
+
+def _deepseek_v2_spec() -> dict[str, Any]:
+    # DeepSeek-V2-Lite-like: no q LoRA (q_proj straight to the heads), 4 heads (the MLA decode
+    # pads them to the kernel's 32), one dense layer then a softmax-routed MoE layer with a
+    # shared expert.
+    return {
+        "model_type": "deepseek_v2",
+        "config": dict(
+            hidden_size=64,
+            intermediate_size=128,
+            moe_intermediate_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=4,
+            q_lora_rank=None,
+            first_k_dense_replace=1,
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            n_shared_experts=1,
+            topk_method="greedy",
+            # One group: vLLM routes every DeepSeek MoE through grouped top-k (n_group groups).
+            n_group=1,
+            topk_group=1,
+            norm_topk_prob=False,
+            routed_scaling_factor=1.0,
+            **_mla_attention(),
+        ),
+    }
+
+
+def _deepseek_v3_spec() -> dict[str, Any]:
+    # DeepSeek-V3-shaped: q LoRA, 32 heads (a head count the MLA decode kernel takes as is), one
+    # dense layer then MoE layers with sigmoid scoring, a nonzero e_score_correction_bias (set in
+    # _build_into), grouped top-k (4 groups, best 2), routed_scaling_factor and a shared expert.
+    return {
+        "model_type": "deepseek_v3",
+        "config": dict(
+            hidden_size=64,
+            intermediate_size=128,
+            moe_intermediate_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=32,
+            num_key_value_heads=32,
+            q_lora_rank=48,
+            first_k_dense_replace=1,
+            n_routed_experts=16,
+            num_experts_per_tok=4,
+            n_shared_experts=1,
+            n_group=4,
+            topk_group=2,
+            # What DeepSeek-V3's own config.json says (vLLM reads them; transformers implies them).
+            topk_method="noaux_tc",
+            scoring_func="sigmoid",
+            norm_topk_prob=True,
+            routed_scaling_factor=2.5,
+            rope_interleave=True,
+            **_mla_attention(),
+        ),
+    }
+
+
+def _deepseek_v3_mtp_spec() -> dict[str, Any]:
+    # deepseek_v3's main model, weight for weight (same seed), plus one Multi-Token Prediction
+    # layer (num_nextn_predict_layers=1) with random weights: transformers builds no MTP
+    # weights, so _add_mtp_layers writes the ones vLLM's deepseek_mtp.py loads into a second
+    # safetensors file (Hugging Face loads model.safetensors only and ignores it). Its drafts
+    # are noise: almost all rejected.
+    spec = _deepseek_v3_spec()
+    spec["config"]["num_nextn_predict_layers"] = 1
+    spec["weights_of"] = "deepseek_v3"
+    spec["mtp"] = "random"
+    return spec
+
+
+def _deepseek_v3_mtp_mirror_spec() -> dict[str, Any]:
+    # An MTP layer built to agree with its main model, so drafts are mostly accepted: a
+    # one-layer DeepSeek-V3 (MoE from layer 0) with unit-RMS embedding rows, whose MTP layer is
+    # that layer again (see _add_mtp_layers, "mirror"). At position p the MTP layer reads token
+    # p+1 through the same layer over its own latent cache of the tokens before, i.e. it
+    # recomputes the main model's next-token distribution one token ahead: a draft differs
+    # from the main model's choice only by what the MTP layer cannot see (the first two tokens
+    # of the sequence, and bf16 rounding of the normalised embedding).
+    spec = _deepseek_v3_spec()
+    spec["config"].update(num_hidden_layers=1, first_k_dense_replace=0,
+                          num_nextn_predict_layers=1)
+    spec["mtp"] = "mirror"
+    return spec
+
+
 CHECKPOINT_SPECS: dict[str, dict[str, Any]] = {
     "llama": _llama_spec(),
     "qwen2": _qwen2_spec(),
@@ -271,11 +387,17 @@ CHECKPOINT_SPECS: dict[str, dict[str, Any]] = {
     "mixtral": _mixtral_spec(),
     "mistral_sw": _mistral_sw_spec(),
     "llama_wide": _llama_wide_spec(),
+    "llama_long": _llama_long_spec(),
+    "deepseek_v2": _deepseek_v2_spec(),
+    "deepseek_v3": _deepseek_v3_spec(),
+    "deepseek_v3_mtp": _deepseek_v3_mtp_spec(),
+    "deepseek_v3_mtp_mirror": _deepseek_v3_mtp_mirror_spec(),
 }
 
 CHECKPOINT_NAMES = ("llama", "qwen2", "qwen3", "qwen3_moe", "mixtral")
 # Extra checkpoints that build_checkpoint also accepts.
-EXTRA_CHECKPOINT_NAMES = ("mistral_sw",)
+EXTRA_CHECKPOINT_NAMES = ("mistral_sw", "deepseek_v2", "deepseek_v3", "deepseek_v3_mtp",
+                          "deepseek_v3_mtp_mirror")
 ALL_CHECKPOINT_NAMES = CHECKPOINT_NAMES + EXTRA_CHECKPOINT_NAMES
 
 # Weight initialisation (see _init_weights).  With hidden size 64 these make
@@ -385,6 +507,18 @@ def _init_weights(model, seed: int) -> None:
             param.copy_(values.to(param.dtype))
 
 
+def _init_router_biases(model, seed: int) -> None:
+    """DeepSeek-V3's e_score_correction_bias (a buffer in transformers, so _init_weights does not
+    see it) set nonzero, on the scale of the sigmoid scores it shifts."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, buf in sorted(model.named_buffers()):
+            if name.endswith("e_score_correction_bias"):
+                buf.copy_(torch.rand(buf.shape, generator=gen) * 0.2)
+
+
 def _name_seed(name: str) -> int:
     return SEED + int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % 100000
 
@@ -408,15 +542,91 @@ def _build_into(name: str, out_dir: pathlib.Path) -> None:
         **token_ids,
         **copy.deepcopy(spec["config"]),
     )
-    torch.manual_seed(_name_seed(name))
+    # A variant may take another checkpoint's main weights ("weights_of"), e.g. to add layers.
+    seed = _name_seed(spec.get("weights_of", name))
+    torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    _init_weights(model, _name_seed(name))
+    _init_weights(model, seed)
+    _init_router_biases(model, seed)
+    if spec.get("mtp") == "mirror":
+        _unit_rms_rows(model.get_input_embeddings().weight)
     if config.tie_word_embeddings:
         assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
     model = model.to(torch.bfloat16)
     model.generation_config = GenerationConfig(**token_ids)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    if spec.get("mtp"):
+        _add_mtp_layers(out_dir, config, spec["mtp"], _name_seed(name))
+
+
+def _unit_rms_rows(weight) -> None:
+    import torch
+
+    with torch.no_grad():
+        weight.div_(weight.pow(2).mean(dim=-1, keepdim=True).sqrt())
+
+
+def _add_mtp_layers(out_dir: pathlib.Path, config, mode: str, seed: int) -> None:
+    """DeepSeek Multi-Token Prediction layers (indices num_hidden_layers, ...) in
+    ``mtp.safetensors`` beside the main weights, under the names vLLM's deepseek_mtp.py loads:
+    ``enorm``, ``hnorm``, ``eh_proj`` (hidden*2 -> hidden over [enorm(embedding),
+    hnorm(previous hidden)]), ``shared_head.norm``, ``shared_head.head`` (vLLM replaces it
+    with the main model's lm_head) and a full decoder layer shaped like the main model's last
+    one. The embedding is the main model's (vLLM's drafter shares it).
+
+    mode "random": every weight random, initialised like the main model's.
+    mode "mirror": the decoder layer is a copy of the main model's last layer, enorm and
+    hnorm are ones, eh_proj passes the embedding half through (identity) and drops the
+    hidden half, shared_head is the main model's final norm and lm_head. With unit-RMS
+    embedding rows, enorm(embedding) is the embedding itself, so the layer sees exactly
+    what the main model's layer sees (for a one-layer main model)."""
+    import torch
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    template = f"model.layers.{config.num_hidden_layers - 1}."
+    with safe_open(str(out_dir / "model.safetensors"), "pt") as f:
+        main = {k: f.get_tensor(k) for k in f.keys()}
+    layer = {k[len(template):]: v for k, v in main.items() if k.startswith(template)}
+    hidden, vocab = config.hidden_size, config.vocab_size
+    gen = torch.Generator().manual_seed(seed + 2)
+    tensors = {}
+    for i in range(config.num_nextn_predict_layers):
+        prefix = f"model.layers.{config.num_hidden_layers + i}."
+        if mode == "mirror":
+            ones = torch.ones(hidden)
+            params = dict(layer)
+            params.update({
+                "enorm.weight": ones, "hnorm.weight": ones,
+                "eh_proj.weight": torch.cat([torch.eye(hidden), torch.zeros(hidden, hidden)],
+                                            dim=1),
+                "shared_head.norm.weight": main["model.norm.weight"],
+                "shared_head.head.weight": main["lm_head.weight"],
+            })
+        elif mode == "random":
+            shapes = {name: list(t.shape) for name, t in layer.items()}
+            shapes.update({"enorm.weight": [hidden], "hnorm.weight": [hidden],
+                           "eh_proj.weight": [hidden, 2 * hidden],
+                           "shared_head.norm.weight": [hidden],
+                           "shared_head.head.weight": [vocab, hidden]})
+            params = {}
+            for name in sorted(shapes):
+                shape = shapes[name]
+                if name.endswith("e_score_correction_bias"):
+                    params[name] = torch.rand(shape, generator=gen) * 0.2
+                elif len(shape) == 1:  # RMSNorm weights
+                    params[name] = 1.0 + torch.randn(shape, generator=gen) * NORM_JITTER
+                elif name == "shared_head.head.weight":
+                    params[name] = torch.randn(shape, generator=gen) * EMBED_STD
+                else:
+                    params[name] = torch.randn(shape, generator=gen) * WEIGHT_STD
+        else:
+            raise ValueError(f"unknown MTP mode {mode!r}")
+        for name, value in params.items():
+            dtype = main[template + name].dtype if template + name in main else torch.bfloat16
+            tensors[prefix + name] = value.to(dtype).contiguous()
+    save_file(tensors, str(out_dir / "mtp.safetensors"), metadata={"format": "pt"})
 
 
 def build_atomically(final: pathlib.Path, build) -> pathlib.Path:

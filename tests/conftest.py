@@ -76,3 +76,39 @@ def minilm_path():
 # ---------------------------------------------------------------------------
 # End of the test-checkpoint block.
 # ---------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------
+# Figures a test measures (top-1 agreement, acceptance rates, the reliability table): collected
+# into the run's terminal summary under "figures". They travel on test reports, so they reach
+# the summary from pytest-xdist workers too (a print from a worker would be lost).
+# ---------------------------------------------------------------------------
+_PENDING_FIGURES: list[str] = []
+
+
+def report_figure(text: str) -> None:
+    """Show ``text`` in the run's summary (call it from a test or a fixture's teardown)."""
+    _PENDING_FIGURES.append(text)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    if _PENDING_FIGURES:
+        report = outcome.get_result()
+        report.user_properties = [*report.user_properties,
+                                  *(("figure", text) for text in _PENDING_FIGURES)]
+        _PENDING_FIGURES.clear()
+
+
+def pytest_terminal_summary(terminalreporter):
+    figures = []
+    for reports in terminalreporter.stats.values():
+        for report in reports:
+            for key, value in getattr(report, "user_properties", ()):
+                if key == "figure" and value not in figures:
+                    figures.append(value)
+    if figures:
+        terminalreporter.section("figures")
+        for text in figures:
+            terminalreporter.write_line(text)

@@ -16,6 +16,8 @@ Modes (``compilation_config.cudagraph_mode``), none of them compiled (no torch.c
   takes per-request host lengths that a whole graph would have to carry for every batch
   composition. It runs as ``FULL_AND_PIECEWISE``, with a warning.
 - ``NONE`` (or ``--enforce-eager``): eager.
+MLA models (DeepSeek-V2/V3) run eager whatever the mode: vLLM's MLA layer calls its attention
+without the capture break, and the MLA decode's lengths have no graph update yet.
 """
 
 from __future__ import annotations
@@ -77,6 +79,12 @@ def resolve_mode(vllm_config: VllmConfig, device_type: str) -> None:
         mode = fallback
     parallel_config = vllm_config.parallel_config
     model_config = vllm_config.model_config
+    if mode != CUDAGraphMode.NONE and model_config is not None and model_config.use_mla:
+        # vLLM's MLA layer calls its attention directly, without the capture break of
+        # unified_attention_with_output, and the MLA decode's lengths have no graph update yet.
+        logger.warning("vllm-ascend: graphs off (eager) for MLA model %s: MLA attention is not "
+                       "captured yet", model_config.model)
+        mode = CUDAGraphMode.NONE
     parallel = []
     if model_config is None or model_config.is_moe:
         # An expert-parallel MoE layer reads row counts on the host (the all-to-all split

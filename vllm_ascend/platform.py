@@ -28,6 +28,7 @@ graph_modes.enable_breakable_capture()
 
 WORKER_CLS = "vllm_ascend.worker.worker.NPUWorker"
 ATTENTION_BACKEND_CLS = "vllm_ascend.attention.backend.AscendAttentionBackend"
+MLA_BACKEND_CLS = "vllm_ascend.attention.mla_backend.AscendMLABackend"
 GRAPH_WRAPPER_CLS = "vllm_ascend.worker.graph_wrapper.AscendGraphWrapper"
 # torch_npu's paged fused attention takes blocks of 128..512 tokens in multiples of 128
 # (attention/backend.py SUPPORTED_BLOCK_SIZES); 128 is the default on both backends so the CPU
@@ -113,12 +114,15 @@ class NPUPlatform(Platform):
     def register_triton_kernel_overrides(cls) -> None:
         # The slot-mapping Triton kernel runs every step; replace it with a device-agnostic
         # torch implementation (no Triton on Ascend; the CPU platform's override needs vllm._C).
-        from vllm.triton_utils.dispatcher import register_kernels
-
+        from vllm_ascend.spec_decode import TRITON_OVERRIDES
+        from vllm_ascend.spec_decode.registration import register_kernel_overrides
         from vllm_ascend.worker.slot_mapping import compute_slot_mapping
 
-        register_kernels(
-            {"vllm.v1.worker.block_table.ComputeSlotMappingKernel.kernel": compute_slot_mapping}
+        # Speculative decoding's kernels (rejection sampler, EAGLE/MTP/draft-model inputs):
+        # tensor programs with the same semantics, see vllm_ascend/spec_decode/.
+        register_kernel_overrides(
+            {"vllm.v1.worker.block_table.ComputeSlotMappingKernel.kernel": compute_slot_mapping,
+             **TRITON_OVERRIDES}
         )
 
     @classmethod
@@ -129,10 +133,19 @@ class NPUPlatform(Platform):
         num_heads: int | None = None,
     ) -> str:
         if getattr(attn_selector_config, "use_mla", False):
-            raise NotImplementedError(
-                "vllm-ascend does not support MLA models yet; use a model with standard attention"
-            )
+            if getattr(attn_selector_config, "use_sparse", False):
+                raise NotImplementedError(
+                    "vllm-ascend does not support sparse MLA (DeepSeek-V3.2) yet")
+            return MLA_BACKEND_CLS
         return ATTENTION_BACKEND_CLS
+
+    @classmethod
+    def get_mla_prefill_backend_cls(cls, mla_selector_config):
+        # vLLM's MLA layer asks for one when it is built; the Ascend MLA impl runs prefill
+        # itself through the fused attention (attention/mla_impl.py).
+        from vllm_ascend.attention.mla_backend import AscendMLAPrefillBackend
+
+        return AscendMLAPrefillBackend
 
     @classmethod
     def get_device_communicator_cls(cls) -> str:
@@ -175,6 +188,14 @@ class NPUPlatform(Platform):
     @classmethod
     def is_sleep_mode_available(cls) -> bool:
         return False
+
+    @classmethod
+    def check_runner_kv_caches_multi_layer(cls) -> None:
+        # A draft model (speculative_config method "draft_model") has layers with the same
+        # layer index as the target's. The runner's list of KV caches only keeps them in
+        # order (nothing here indexes it by layer number; each layer reads its own cache), so
+        # two layers per index are fine, as on vLLM's CUDA and CPU platforms.
+        return None
 
     # ---- configuration ---------------------------------------------------------------------
     @classmethod
@@ -244,7 +265,9 @@ class NPUPlatform(Platform):
             cache_config.block_size = DEFAULT_BLOCK_SIZE
         check_attention_support(vllm_config)
         graph_modes.finalize_sizes(vllm_config)
-        _refuse_async_scheduling_with_speculation(vllm_config)
+        # Async scheduling with speculative decoding is accepted: the host sequence lengths
+        # over-count rejected drafts there, so the attention metadata builder reads the exact
+        # ones from the device (attention/drafting.py).
 
 
 def check_attention_support(vllm_config: VllmConfig) -> None:
@@ -265,21 +288,15 @@ def check_attention_support(vllm_config: VllmConfig) -> None:
     dtype = model_config.dtype
     if isinstance(dtype, torch.dtype):
         NPUPlatform.check_if_supports_dtype(dtype)
+    if model_config.use_mla:
+        from vllm_ascend.attention.mla_backend import check_mla_model
+
+        check_mla_model(model_config, cache_config)
+        return
     head_size = model_config.get_head_size()
     if head_size not in SUPPORTED_HEAD_SIZES:
         raise ValueError(
             f"head size {head_size} of {model_config.model} is not supported on Ascend: the "
             "fused attention kernel (TND layout) takes head sizes "
             f"{', '.join(map(str, SUPPORTED_HEAD_SIZES))}"
-        )
-
-
-def _refuse_async_scheduling_with_speculation(vllm_config: VllmConfig) -> None:
-    # With async scheduling and draft tokens, the runner's host upper bound of each sequence's
-    # length counts drafts that may be rejected, so attention would read KV slots never written.
-    if vllm_config.speculative_config is not None and vllm_config.scheduler_config.async_scheduling:
-        raise ValueError(
-            "vllm-ascend does not support async scheduling together with speculative decoding "
-            "yet (the host sequence lengths over-count rejected drafts); pass "
-            "--no-async-scheduling"
         )

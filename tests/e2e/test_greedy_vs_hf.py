@@ -10,6 +10,7 @@ import json
 
 import pytest
 import torch
+from conftest import report_figure
 from engine import counter, engine, greedy, random_prompts, total_replays
 from hf_reference import hf_greedy, hf_logprobs
 
@@ -112,7 +113,7 @@ def test_preemption_matches_hf(checkpoints, reference, model, mode):
 
 
 @pytest.mark.parametrize("model", ["llama", "qwen3_moe"])
-def test_bf16_logprobs_track_fp32_hf(checkpoints, reference, model, record_property, capsys):
+def test_bf16_logprobs_track_fp32_hf(checkpoints, reference, model, record_property):
     """bf16 on the plugin against an independent reference: Hugging Face in fp32, teacher-forced
     on HF's own greedy continuation (so one early near-tie cannot derail the comparison)."""
     from vllm import SamplingParams, TokensPrompt
@@ -137,10 +138,9 @@ def test_bf16_logprobs_track_fp32_hf(checkpoints, reference, model, record_prope
                 assert gap < BF16_TIE_GAP, (model, pos, token, top, gap)
     diffs_t = torch.tensor(diffs)
     record_property("bf16_mean_abs_logprob_diff", float(diffs_t.mean()))
-    with capsys.disabled():
-        print(f"\n[metric] {model} bf16 vs HF fp32, teacher-forced on {len(diffs)} tokens: "
-              f"mean |dlogprob| {diffs_t.mean():.4f}, max {diffs_t.max():.4f}, "
-              f"argmax flips {flips}")
+    report_figure(f"{model} bf16 vs HF fp32, teacher-forced on {len(diffs)} tokens: "
+                  f"mean |dlogprob| {diffs_t.mean():.4f}, max {diffs_t.max():.4f}, "
+                  f"argmax flips {flips}")
     assert float(diffs_t.mean()) < BF16_MEAN_LOGPROB_TOL
     assert float(diffs_t.max()) < BF16_MAX_LOGPROB_TOL
 
@@ -163,7 +163,7 @@ def test_tensor_parallel_2_matches_hf(checkpoints, reference, model, mode, monke
 
 @pytest.mark.parametrize("model, mode", [("llama", "default"), ("qwen3", "full_decode")])
 def test_bf16_with_prefix_cache_chunking_and_preemption_is_fp32_greedy_up_to_ties(
-        checkpoints, model, mode, capsys):
+        checkpoints, model, mode):
     """bf16 through every scheduling path at once (prefix-cache hits, 64-token prefill chunks
     beside decodes, preemption from a 5-block cache), checked against an independent reference:
     at every step the engine's token must be Hugging Face fp32's argmax on the engine's own
@@ -190,7 +190,6 @@ def test_bf16_with_prefix_cache_chunking_and_preemption_is_fp32_greedy_up_to_tie
         for i, token in enumerate(out):
             row = ref[len(prompt) + i - 1]
             worst = max(worst, float(row.max() - row[token]))
-    with capsys.disabled():
-        print(f"\n[metric] {model} bf16 (prefix hits {hits:.0f} tokens, {preemptions:.0f} "
-              f"preemptions): worst gap to fp32 argmax {worst:.4f} nats")
+    report_figure(f"{model} bf16 (prefix hits {hits:.0f} tokens, {preemptions:.0f} "
+                  f"preemptions): worst gap to fp32 argmax {worst:.4f} nats")
     assert worst < BF16_TIE_GAP, f"a bf16 token is {worst:.3f} nats below fp32's argmax"

@@ -28,6 +28,19 @@ EXPECTED_KEY = {
     "mistral_sw": "model.layers.1.mlp.down_proj.weight",
 }
 
+# MLA checkpoints (tests/e2e/test_deepseek.py, test_mtp.py): architecture and a key that shows
+# the part the test relies on (q LoRA, routing bias, the MTP layer in its own file).
+DEEPSEEK = {
+    "deepseek_v2": ("DeepseekV2ForCausalLM", "model.safetensors",
+                    "model.layers.1.mlp.shared_experts.down_proj.weight"),
+    "deepseek_v3": ("DeepseekV3ForCausalLM", "model.safetensors",
+                    "model.layers.1.mlp.gate.e_score_correction_bias"),
+    "deepseek_v3_mtp": ("DeepseekV3ForCausalLM", "mtp.safetensors",
+                        "model.layers.3.eh_proj.weight"),
+    "deepseek_v3_mtp_mirror": ("DeepseekV3ForCausalLM", "mtp.safetensors",
+                               "model.layers.1.eh_proj.weight"),
+}
+
 PROMPTS = ["The capital of France is", "Once upon a time a curious fox"]
 
 ALL = ckpt.ALL_CHECKPOINT_NAMES
@@ -35,12 +48,24 @@ ALL = ckpt.ALL_CHECKPOINT_NAMES
 
 def test_names():
     assert ckpt.CHECKPOINT_NAMES == ("llama", "qwen2", "qwen3", "qwen3_moe", "mixtral")
-    assert set(ALL) == set(EXPECTED_ARCH)
+    assert set(ALL) == set(EXPECTED_ARCH) | set(DEEPSEEK)
     with pytest.raises(ValueError):
         ckpt.build_checkpoint("nope")
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", sorted(DEEPSEEK))
+def test_deepseek_checkpoints(checkpoints, name):
+    arch, weights, key = DEEPSEEK[name]
+    path = checkpoints(name)
+    config = json.loads((path / "config.json").read_text())
+    assert config["architectures"] == [arch]
+    # the only MLA shape the NPU's MLA attention takes
+    assert (config["kv_lora_rank"], config["qk_rope_head_dim"]) == (512, 64)
+    with safe_open(str(path / weights), "pt") as f:
+        assert key in set(f.keys())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_ARCH))
 def test_loads_with_expected_architecture(checkpoints, name):
     path = checkpoints(name)
     config = json.loads((path / "config.json").read_text())

@@ -93,16 +93,17 @@ def test_head_size_192_is_accepted(llama, tmp_path):
     assert make_config(model).model_config.get_head_size() == 192
 
 
-def test_async_scheduling_with_speculative_decoding_is_refused(llama):
-    from vllm_ascend.platform import _refuse_async_scheduling_with_speculation
+def test_async_scheduling_with_speculative_decoding_reads_exact_lengths(llama):
+    # Accepted: with async scheduling the attention metadata builder takes the sequence
+    # lengths from the device (tests/unit/spec_decode/test_exact_seq_lens.py).
+    from vllm_ascend.attention.metadata import host_lengths_optimistic
 
     cfg = make_config(llama, speculative_config={"method": "ngram", "num_speculative_tokens": 2,
                                                  "prompt_lookup_max": 3})
     assert cfg.scheduler_config.async_scheduling is False  # the CPU backend runs synchronously
-    _refuse_async_scheduling_with_speculation(cfg)  # synchronous: accepted
+    assert not host_lengths_optimistic(cfg)
     cfg.scheduler_config.async_scheduling = True  # as on an NPU, where vLLM enables it
-    with pytest.raises(ValueError, match="--no-async-scheduling"):
-        _refuse_async_scheduling_with_speculation(cfg)
+    assert host_lengths_optimistic(cfg)
 
 
 def test_attention_backend_is_ours(llama):

@@ -12,6 +12,12 @@ from vllm.v1.attention.backend import (
     CommonAttentionMetadata,
 )
 
+from vllm_ascend.attention.drafting import (
+    build_for_drafting,
+    exact_seq_lens,
+    host_lengths_optimistic,
+)
+
 # torch_npu's fused attention takes causal masks in "compressed" form: one lower-triangular
 # 2048 x 2048 pattern (True = masked) that the kernel slides along the diagonal (sparse_mode 3/4).
 COMPRESSED_MASK_SIZE = 2048
@@ -56,6 +62,10 @@ class AscendAttentionMetadataBuilder(AttentionMetadataBuilder[AscendAttentionMet
         self.attn_mask = compressed_causal_mask(device)
         # Query tokens per request of a captured (uniform decode) batch; 0 when graphs are off.
         self.graph_query_len = graph_query_len(vllm_config)
+        # With async scheduling and speculative decoding the runner's host seq_lens assume
+        # every draft of the previous step was accepted; only the device copy is exact.
+        self.seq_lens_from_device = host_lengths_optimistic(vllm_config)
+        self.block_size = getattr(kv_cache_spec, "block_size", 0)
 
     def build(
         self,
@@ -65,6 +75,8 @@ class AscendAttentionMetadataBuilder(AttentionMetadataBuilder[AscendAttentionMet
     ) -> AscendAttentionMetadata:
         m = common_attn_metadata
         seq_lens_cpu = m.seq_lens_cpu_upper_bound
+        if self.seq_lens_from_device:
+            seq_lens_cpu = exact_seq_lens(m)
         if seq_lens_cpu is None:
             raise RuntimeError(
                 "vllm-ascend attention needs the runner's host copy of seq_lens "
@@ -93,6 +105,17 @@ class AscendAttentionMetadataBuilder(AttentionMetadataBuilder[AscendAttentionMet
             max_query_len=m.max_query_len,
             graph_shaped=graph_shaped,
         )
+
+
+    def build_for_drafting(
+        self,
+        common_attn_metadata: CommonAttentionMetadata,
+        draft_index: int,
+    ) -> AscendAttentionMetadata:
+        """Metadata for a speculative drafter's forward (EAGLE, MTP, draft model): the step's
+        lengths read from the device, rejected drafts' slots on the null block (see
+        attention/drafting.py)."""
+        return build_for_drafting(self, common_attn_metadata)
 
 
 def graph_query_len(vllm_config) -> int:

@@ -10,8 +10,15 @@ CUDA ``topk_softmax`` kernel) and calls ``apply(layer, x, topk_weights, topk_ids
 method on an OOT platform has no kernel (backend OOT, experts_cls None), so this class is
 monolithic and routes itself:
 
-    npu_moe_gating_top_k_softmax -> (renormalize) -> npu_moe_init_routing_v2 (count mode)
-    -> npu_grouped_matmul(w13) -> npu_swiglu -> npu_grouped_matmul(w2) -> npu_moe_token_unpermute
+    npu_moe_gating_top_k_softmax or npu_moe_gating_top_k (ops/moe_routing.py)
+    -> npu_moe_init_routing_v2 (count mode) -> npu_grouped_matmul(w13) -> npu_swiglu
+    -> npu_grouped_matmul(w2) -> npu_moe_token_unpermute
+
+Routing covers vLLM's softmax and sigmoid scoring, grouped top-k (DeepSeek-V2's group maxima,
+DeepSeek-V3's biased top-2 group sums), e_score_correction_bias, renormalize and the layer's
+routed_scaling_factor (moe_routing.py says which side of vLLM applies that factor). Shared
+experts (DeepSeek, Qwen-MoE) are not this method's: on the monolithic path vLLM's MoERunner
+runs them itself and adds their output to this method's.
 
 Weights: vLLM allocates w13 [E, 2I, H] (gate rows, then up rows) and w2 [E, H, I], i.e. (out, in)
 per expert. The grouped matmul computes rows @ W[e] with W[e] of shape (in, out), so
@@ -39,9 +46,9 @@ list covers; ``all_to_all_single`` takes split sizes as lists): a host synchroni
 graph can hold, so expert parallelism runs eager (graph_modes.py).
 
 Not supported, and rejected with NotImplementedError rather than silently computed differently:
-non-linear expert placement, grouped top-k, non-softmax scoring, e_score_correction_bias,
-custom routing functions, hash routing, routed_scaling_factor != 1, activations other than silu
-(and swiglu clamp/alpha/beta), apply_router_weight_on_input with top_k > 1.
+non-linear expert placement, scoring other than softmax/sigmoid, custom routing functions, hash
+routing, activations other than silu (and swiglu clamp/alpha/beta),
+apply_router_weight_on_input with top_k > 1.
 """
 
 from __future__ import annotations
@@ -60,6 +67,7 @@ from vllm.model_executor.utils import replace_parameter
 
 from vllm_ascend.ascend_config import get_ascend_config
 from vllm_ascend.distributed.moe_dispatch import AllToAllDispatch, token_slice
+from vllm_ascend.ops.moe_routing import routing_plan, select_experts
 
 if TYPE_CHECKING:
     from vllm.model_executor.layers.fused_moe.routed_experts import RoutedExperts
@@ -90,16 +98,9 @@ def check_moe_config(moe: FusedMoEConfig) -> None:
 
 def check_layer(layer: RoutedExperts) -> None:
     """Reject the routing features this method does not implement (see the module docstring)."""
-    if layer.use_grouped_topk:
-        raise _unsupported("grouped top-k routing (use_grouped_topk)")
-    if layer.scoring_func != "softmax":
-        raise _unsupported(f"scoring_func={layer.scoring_func!r} (only 'softmax')")
-    if layer.e_score_correction_bias is not None:
-        raise _unsupported("e_score_correction_bias")
     if layer.custom_routing_function is not None:
         raise _unsupported("custom_routing_function")
-    if layer.routed_scaling_factor != 1.0:
-        raise _unsupported(f"routed_scaling_factor={layer.routed_scaling_factor}")
+    routing_plan(layer)  # raises for scoring or grouping it cannot route
     if layer.activation != MoEActivation.SILU:
         raise _unsupported(f"activation {layer.activation.value!r} (only 'silu')")
     for name in ("swiglu_limit", "swiglu_alpha", "swiglu_beta"):
@@ -181,12 +182,7 @@ class AscendUnquantizedFusedMoEMethod(UnquantizedFusedMoEMethod):
             topk_weights = x.new_empty((0, layer.top_k), dtype=torch.float32)
             topk_ids = x.new_empty((0, layer.top_k), dtype=torch.int32)
         else:
-            topk_weights, topk_ids, _ = torch.ops.npu.npu_moe_gating_top_k_softmax(
-                router_logits, None, k=layer.top_k
-            )
-        topk_weights = topk_weights.float()
-        if layer.renormalize:
-            topk_weights = topk_weights / topk_weights.sum(dim=-1, keepdim=True)
+            topk_weights, topk_ids = select_experts(layer, router_logits)
         sink = layer.routing_sink
         if sink is not None:  # routed-experts capture (RL replay)
             replay = sink.buffer[: topk_ids.shape[0]]

@@ -1108,9 +1108,9 @@ def build_cases() -> list[Case]:
         _moe_w8a8_gmm_case("moe_w8a8_gmm_w2_fp16", [4, 9, 0, 3], 192, 2048, fp16),
     ]
     # Cases kept in their own modules (they import this one's helpers).
-    from vllm_ascend.selfcheck import vision_cases
+    from vllm_ascend.selfcheck import mla_cases, moe_routing_cases, vision_cases
 
-    cases += vision_cases.build()
+    cases += moe_routing_cases.build() + mla_cases.build() + vision_cases.build()
     names = [c.name for c in cases]
     assert len(names) == len(set(names)), "duplicate case names"
     return cases

@@ -5,9 +5,9 @@ What differs, and nothing else:
   (see vllm_ascend/patches.py);
 - device synchronisation goes through the device layer;
 - the KV cache is allocated as dense K and V halves per layer (worker/kv_cache.py);
-- vLLM's graph wrappers are swapped for ones that capture with the device layer's graphs:
-  whole decode graphs (worker/graph_wrapper.py) and piecewise graphs with eager attention
-  between the pieces (worker/breakable_graph.py);
+- vLLM's graph wrappers (the target model's and a speculative drafter's) are swapped for ones
+  that capture with the device layer's graphs: whole decode graphs (worker/graph_wrapper.py)
+  and piecewise graphs with eager attention between the pieces (worker/breakable_graph.py);
 - after loading, norms that feed a W8A8-dynamic layer are fused with its input quantization
   (quantization/norm_fusion.py).
 """
@@ -41,6 +41,10 @@ class NPUModelRunner(GPUModelRunner):
 
     def _use_device_graphs(self) -> None:
         self.model = device_graph_wrappers(self.model, self.vllm_config)
+        # A speculative drafter (EAGLE, MTP, draft model) wraps its own model the same way.
+        drafter = getattr(self, "drafter", None)
+        if getattr(drafter, "model", None) is not None:
+            drafter.model = device_graph_wrappers(drafter.model, self.vllm_config)
 
     def initialize_kv_cache_tensors(
         self,

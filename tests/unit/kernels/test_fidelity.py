@@ -144,10 +144,12 @@ SAMPLES: list[tuple[str, str, Callable[[], tuple[tuple, dict]]]] = [
         (torch.tensor([0, 0, 1, 3], dtype=torch.int32), 4), {})),
 ]
 
+from test_fia_mla import FIDELITY_SAMPLES as MLA_SAMPLES  # noqa: E402
+from test_moe_gating_top_k import FIDELITY_SAMPLES as GATING_SAMPLES  # noqa: E402
 from test_quant_ops import FIDELITY_SAMPLES  # noqa: E402
 from test_rotary_ops import FIDELITY_SAMPLES as ROTARY_SAMPLES  # noqa: E402
 
-SAMPLES += FIDELITY_SAMPLES + ROTARY_SAMPLES
+SAMPLES += FIDELITY_SAMPLES + GATING_SAMPLES + MLA_SAMPLES + ROTARY_SAMPLES
 
 # ----------------------------------------------------------------------------------------------
 # torch-npu reference files

@@ -158,20 +158,23 @@ def test_apply_with_router_output_and_weight_on_input(oot_registered):
 
 
 @pytest.mark.parametrize(
-    "kwargs,match",
+    "kwargs,error,match",
     [
-        (dict(use_grouped_topk=True, num_expert_group=2, topk_group=1), "grouped top-k"),
-        (dict(scoring_func="sigmoid"), "scoring_func"),
-        (dict(e_score_correction_bias=torch.zeros(8)), "e_score_correction_bias"),
-        (dict(custom_routing_function=lambda *a, **k: None), "custom_routing_function"),
+        (dict(scoring_func="sqrtsoftplus"), NotImplementedError, "scoring_func"),
+        (dict(custom_routing_function=lambda *a, **k: None), NotImplementedError,
+         "custom_routing_function"),
+        # grouped top-k (ops/moe_routing.py) refuses what vLLM's own router cannot route
+        (dict(use_grouped_topk=True, num_expert_group=3, topk_group=1), ValueError, "dividing"),
+        (dict(use_grouped_topk=True, num_expert_group=4, topk_group=5), ValueError, "topk_group"),
+        (dict(use_grouped_topk=True, num_expert_group=8, topk_group=1), ValueError, "top_k=2"),
     ],
 )
-def test_unsupported_routing_raises(oot_registered, kwargs, match):
+def test_unsupported_routing_raises(oot_registered, kwargs, error, match):
     _, _, layer = build(8, 2, True, torch.float32, **kwargs)
     load_random_weights(layer)
-    with pytest.raises(NotImplementedError, match=match):
+    with pytest.raises(error, match=match):
         layer.quant_method.process_weights_after_loading(layer)
-    with pytest.raises(NotImplementedError, match=match):
+    with pytest.raises(error, match=match):
         layer.quant_method.apply_monolithic(layer, torch.randn(2, HIDDEN), torch.randn(2, 8))
 
 

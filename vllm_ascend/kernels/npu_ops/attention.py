@@ -28,9 +28,15 @@ Strict: every input constraint the doc (or, where it is silent, CANN's kernel) s
 A2/A3 is enforced and a violation raises naming it (see "NPU input constraints" below), so a call
 that passes here is legal on an NPU. The one relaxation: float32 inputs on CPU tensors.
 
+* MLA (``query_rope``/``key_rope``, the doc's "query_rope和key_rope参数约束" section, the
+  sparse_mode != 4 variant): scores are ``scale * (q . k + q_rope . k_rope)`` and the output is
+  ``softmax @ value``; the latent query (D 512) and rope parts (D 64) arrive separately, the
+  key/value are the paged latent cache (KV_N 1). Its constraints are enforced in
+  ``fia_mla.check_mla``.
+
 Mask values: True/1 = masked (not attended). Everything is computed in float32 and the output is
-returned in the query dtype. Everything quantisation-, rope-, prefix-, padding- or pse-related
-raises NotImplementedError naming the argument.
+returned in the query dtype. Everything quantisation-, prefix-, padding- or pse-related raises
+NotImplementedError naming the argument.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ import weakref
 import torch
 
 from vllm_ascend.kernels.npu_library import npu_op
+from vllm_ascend.kernels.npu_ops import fia_mla
 
 INT_MAX = 2147483647
 COMPRESSED_MASK_SIZE = 2048
@@ -67,7 +74,7 @@ _UNSUPPORTED_TENSOR_ARGS = (
     "quant_offset2", "antiquant_scale", "antiquant_offset", "key_antiquant_scale",
     "key_antiquant_offset", "value_antiquant_scale", "value_antiquant_offset",
     "query_padding_size", "kv_padding_size", "key_shared_prefix", "value_shared_prefix",
-    "actual_shared_prefix_len", "query_rope", "key_rope", "key_rope_antiquant_scale",
+    "actual_shared_prefix_len", "key_rope_antiquant_scale",
 )
 _UNSUPPORTED_MODE_ARGS = ("antiquant_mode", "key_antiquant_mode", "value_antiquant_mode")
 
@@ -438,6 +445,12 @@ def npu_fused_infer_attention_score(
     _require(math.isfinite(scale) and scale > 0, f"scale must be positive and finite, got {scale}",
              "'scale' (the reciprocal of sqrt(d))")
 
+    mla = query_rope is not None or key_rope is not None
+    if mla:
+        fia_mla.check_mla(query=query, key=key, value=value, query_rope=query_rope,
+                          key_rope=key_rope, block_table=block_table, input_layout=input_layout,
+                          num_heads=num_heads, kv_heads=num_key_value_heads or num_heads,
+                          sparse_mode=sparse_mode, atten_mask=atten_mask)
     paged = block_table is not None
     q_layout, out_layout, out_shape, lse_shape = _out_shapes(
         query, value, num_heads, input_layout, num_key_value_heads, paged)
@@ -445,7 +458,9 @@ def npu_fused_infer_attention_score(
     _require(num_heads % kv_heads == 0, f"num_heads {num_heads} is not a multiple of "
              f"num_key_value_heads {kv_heads}", "'num_key_value_heads'")
     group = num_heads // kv_heads
-    _require(group <= MAX_GROUP, f"num_heads / num_key_value_heads = {group} exceeds {MAX_GROUP}",
+    # MLA's own section takes 128 query heads over its one kv head (fia_mla.check_mla).
+    _require(group <= MAX_GROUP or query_rope is not None,
+             f"num_heads / num_key_value_heads = {group} exceeds {MAX_GROUP}",
              "'num_key_value_heads'")
     _require(num_heads <= MAX_HEADS, f"num_heads {num_heads} exceeds {MAX_HEADS}",
              "constraints: N <= 256")
@@ -470,6 +485,10 @@ def npu_fused_infer_attention_score(
                  f"actual_seq_lengths {q_lens} exceed the query S {q_s}", "'actual_seq_lengths'")
     _require(n_q == num_heads, f"query has {n_q} heads but num_heads is {num_heads}",
              "'num_heads'")
+    q_rope_flat = k_rope_cache = None
+    if mla:
+        q_rope_flat = fia_mla.rope_rows(query_rope, q_layout, num_heads)
+        k_rope_cache = fia_mla.rope_cache(key_rope)
     # The PromptFlashAttention branch serves Q_S > 1 and (CANN) every TND query; the
     # IncreFlashAttention branch Q_S = 1.
     prompt = tnd or q_s > 1
@@ -510,7 +529,9 @@ def npu_fused_infer_attention_score(
                      "page attention: KV_N*D <= 65535 in the (blocknum, blocksize, H) format")
         _require(block_size == bs, f"block_size {block_size} does not match the cache's block "
                  f"size {bs}", "'block_size'")
-        if prompt:
+        if mla:
+            pass  # MLA's own block sizes (16/128), checked in fia_mla.check_mla
+        elif prompt:
             _require(128 <= bs <= MAX_BLOCK_SIZE and bs % 128 == 0,
                      f"block_size {bs} must be a multiple of 128 in [128, 512] (Q_S > 1 or TND)",
                      "constraints (Q_S > 1), page attention: block_size 128..512, multiple of 128")
@@ -670,7 +691,8 @@ def npu_fused_infer_attention_score(
                        kv_heads=kv_heads, group=group, scale=scale, full_mask=full_mask,
                        band=band, causal=causal)
             if paged:
-                ctx.update(paged=True, k_cache=k_cache, v_cache=v_cache, block_table=block_table)
+                ctx.update(paged=True, k_cache=k_cache, v_cache=v_cache, block_table=block_table,
+                           q_rope=q_rope_flat, k_rope=k_rope_cache)
             else:
                 ctx.update(paged=False, k_rows=k_rows, v_rows=v_rows, kv_starts=kv_starts)
             _run_chunk(chunk, ctx, out_rows, lse_rows)
@@ -716,6 +738,8 @@ def _run_chunk(chunk, ctx, out_rows, lse_rows) -> None:
     q_start = torch.tensor([ctx["q_starts"][b] for b, _, _ in chunk]) + r0s
     q_idx = (q_start[:, None] + ar_r[None, :]).clamp(max=q_flat.shape[0] - 1)
     q = q_flat[q_idx].float()  # [C, R, N, D]
+    if ctx.get("q_rope") is not None:
+        q = torch.cat([q, ctx["q_rope"][q_idx].float()], dim=-1)
     # -> [C, KV_N, G*R, D]: heads sharing a kv head are folded into the rows of one matmul.
     q = q.reshape(c, max_r, kv_heads, group, -1).permute(0, 2, 3, 1, 4)
     q = q.reshape(c, kv_heads, group * max_r, -1)
@@ -728,6 +752,10 @@ def _run_chunk(chunk, ctx, out_rows, lse_rows) -> None:
         blocks = ctx["block_table"][bidx, :n_blk].long().clamp(0, k_cache.shape[0] - 1)
         k = k_cache[blocks].reshape(c, n_blk * bs, kv_heads, -1)[:, :max_kv]
         v = v_cache[blocks].reshape(c, n_blk * bs, kv_heads, -1)[:, :max_kv]
+        if ctx.get("k_rope") is not None:
+            # MLA: q . k + q_rope . k_rope is one product over the concatenated head dims.
+            k_rope = ctx["k_rope"][blocks].reshape(c, n_blk * bs, kv_heads, -1)[:, :max_kv]
+            k = torch.cat([k, k_rope], dim=-1)
     else:
         k_rows, v_rows = ctx["k_rows"], ctx["v_rows"]
         kv_start = torch.tensor([ctx["kv_starts"][b] for b, _, _ in chunk])

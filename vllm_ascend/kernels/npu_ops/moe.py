@@ -3,6 +3,8 @@
 The unquantized fused-MoE method (vllm_ascend/ops/fused_moe.py) chains them as
 
     npu_moe_gating_top_k_softmax  router logits -> (topk weights, expert ids int32, row idx)
+      or npu_moe_gating_top_k     the same with grouped top-k, sigmoid scoring, a score
+                                  correction bias and routed_scaling_factor (DeepSeek-V2/V3)
     npu_moe_init_routing_v2       tokens -> rows grouped by expert, src->dst index, counts
     npu_grouped_matmul            per-expert GEMM over the grouped rows (w13, then w2)
     npu_swiglu                    (in activation.py)
@@ -135,6 +137,124 @@ def npu_moe_gating_top_k_softmax(x, finished=None, k=1):
     cols = torch.arange(k, dtype=torch.int32).unsqueeze(0) * num_rows
     row_idx = (rows + cols).reshape(*x.shape[:-1], k)
     return y, expert_idx, row_idx
+
+
+# ---------------------------------------------------------------------------------------------
+# npu_moe_gating_top_k (grouped, biased routing: DeepSeek-V2/V3)
+# ---------------------------------------------------------------------------------------------
+
+_GATING_TOP_K_MAX_EXPERTS = 2048
+
+
+def _gating_top_k_check(x, k, bias, input_ids, tid2eid, k_group, group_count,
+                        group_select_mode, renorm, norm_type) -> None:
+    """The constraints of the doc entry ``npu_moe_gating_top_k`` (torch-npu 2.13.0)."""
+    op = "npu_moe_gating_top_k"
+    _require((input_ids is None) == (tid2eid is None),
+             f"{op}: input_ids and tid2eid must be both provided or both omitted")
+    _unsupported(op, **{"input_ids/tid2eid (hash mode)": input_ids is not None})
+    _require(x.dim() == 2, f"{op}: x must be 2D (tokens, experts), got {x.dim()}D (doc: {op} 'x')")
+    _require(x.dtype in _FLOAT_DTYPES,
+             f"{op}: x dtype {x.dtype} not float16/bfloat16/float32 (doc: {op} 'x')")
+    experts = x.shape[1]
+    _require(0 < experts <= _GATING_TOP_K_MAX_EXPERTS,
+             f"{op}: the expert count (x.shape[-1]={experts}) must not exceed "
+             f"{_GATING_TOP_K_MAX_EXPERTS} (doc: {op} 'x')")
+    if bias is not None:
+        _require(bias.dim() == 1 and bias.shape[0] == experts,
+                 f"{op}: bias must be 1D of x.shape[-1]={experts} entries, got "
+                 f"{tuple(bias.shape)} (doc: {op} 'bias')")
+        _require(bias.dtype == x.dtype,
+                 f"{op}: bias dtype {bias.dtype} must equal x dtype {x.dtype} (doc: {op} 'bias')")
+    _require(group_count > 0 and experts % group_count == 0,
+             f"{op}: group_count={group_count} must be > 0 and divide the expert count "
+             f"{experts} (doc: {op} 'group_count')")
+    per_group = experts // group_count
+    _require(per_group > 2,
+             f"{op}: experts per group ({experts}/{group_count}={per_group}) must be greater "
+             f"than 2 (doc: {op} 'group_count')")
+    aligned = -(-per_group // 32) * 32
+    _require(aligned * group_count <= _GATING_TOP_K_MAX_EXPERTS,
+             f"{op}: experts per group aligned to 32 ({aligned}) times group_count "
+             f"({group_count}) exceeds {_GATING_TOP_K_MAX_EXPERTS} (doc: {op} 'group_count')")
+    _require(1 <= k_group <= group_count,
+             f"{op}: need 1 <= k_group <= group_count, got k_group={k_group}, "
+             f"group_count={group_count} (doc: {op} 'k_group')")
+    _require(1 <= k <= per_group * k_group,
+             f"{op}: need 1 <= k <= x.shape[-1] / group_count * k_group = "
+             f"{per_group * k_group}, got k={k} (doc: {op} 'k')")
+    _require(group_select_mode in (0, 1),
+             f"{op}: group_select_mode must be 0 (group max) or 1 (sum of the group's top 2), "
+             f"got {group_select_mode} (doc: {op} 'group_select_mode')")
+    _require(renorm == 0, f"{op}: renorm={renorm}: only 0 is supported (doc: {op} 'renorm')")
+    _require(norm_type in (0, 1),
+             f"{op}: norm_type must be 0 (softmax) or 1 (sigmoid), got {norm_type} "
+             f"(doc: {op} 'norm_type')")
+
+
+def _gating_top_k_fake(x, k, *, bias=None, input_ids=None, tid2eid=None, k_group=1,
+                       group_count=1, group_select_mode=0, renorm=0, norm_type=0, out_flag=False,
+                       routed_scaling_factor=1.0, eps=1e-20):
+    _gating_top_k_check(x, k, bias, input_ids, tid2eid, k_group, group_count,
+                        group_select_mode, renorm, norm_type)
+    return (
+        x.new_empty((x.shape[0], k)),
+        x.new_empty((x.shape[0], k), dtype=torch.int32),
+        x.new_empty(tuple(x.shape), dtype=torch.float32),
+    )
+
+
+@npu_op(
+    "npu_moe_gating_top_k(Tensor x, int k, *, Tensor? bias=None, Tensor? input_ids=None, "
+    "Tensor? tid2eid=None, int k_group=1, int group_count=1, int group_select_mode=0, "
+    "int renorm=0, int norm_type=0, bool out_flag=False, float routed_scaling_factor=1.0, "
+    "float eps=1e-20) -> (Tensor, Tensor, Tensor)",
+    fake=_gating_top_k_fake,
+)
+def npu_moe_gating_top_k(x, k, *, bias=None, input_ids=None, tid2eid=None, k_group=1,
+                         group_count=1, group_select_mode=0, renorm=0, norm_type=0,
+                         out_flag=False, routed_scaling_factor=1.0, eps=1e-20):
+    """Doc entry ``npu_moe_gating_top_k`` (renorm=0, no hash mode), per row of x (tokens, E):
+
+        norm   = softmax(x) (norm_type 0) or sigmoid(x) (norm_type 1), in float32
+        value  = norm + bias (bias optional)
+        group_count > 1: split value into group_count groups of E/group_count experts; a
+                 group's score is its max (group_select_mode 0) or the sum of its two largest
+                 values (1); the k_group best groups stay, the others' values become -inf
+        expert_idx = the k largest values, in descending order
+        y      = norm[expert_idx], divided by (sum(y) + eps) for sigmoid, times
+                 routed_scaling_factor; cast to x's dtype
+        out    = norm (float32) with out_flag, else zeros (undefined per the doc)
+
+    The torch-npu doc names the steps but gives no formulas; they follow CANN's
+    aclnnMoeGatingTopK (the kernel this op calls): selection uses the biased value, the weights
+    the unbiased norm, and renorm=0 ("norm, then top-k") leaves softmax weights unnormalised
+    while sigmoid weights are always divided by their sum + eps.
+    Assumption (doc silent): ties between equal values or equal group scores go to the lower
+    expert / group id (a stable descending sort), as in npu_moe_gating_top_k_softmax.
+    """
+    _gating_top_k_check(x, k, bias, input_ids, tid2eid, k_group, group_count,
+                        group_select_mode, renorm, norm_type)
+    xf = x.float()
+    norm = torch.softmax(xf, dim=-1) if norm_type == 0 else torch.sigmoid(xf)
+    value = norm if bias is None else norm + bias.float()
+    rows, experts = value.shape
+    if group_count > 1:
+        grouped = value.reshape(rows, group_count, experts // group_count)
+        if group_select_mode == 1:
+            score = grouped.topk(2, dim=-1).values.sum(dim=-1)
+        else:
+            score = grouped.amax(dim=-1)
+        best = torch.sort(score, dim=-1, descending=True, stable=True).indices[:, :k_group]
+        keep = torch.zeros_like(score, dtype=torch.bool).scatter_(1, best, True)
+        value = grouped.masked_fill(~keep.unsqueeze(-1), float("-inf")).reshape(rows, experts)
+    expert_idx = torch.sort(value, dim=-1, descending=True, stable=True).indices[:, :k]
+    y = norm.gather(1, expert_idx)
+    if norm_type == 1:
+        y = y / (y.sum(dim=-1, keepdim=True) + eps)
+    y = y * routed_scaling_factor
+    out = norm if out_flag else torch.zeros_like(norm)
+    return y.to(x.dtype), expert_idx.to(torch.int32), out
 
 
 # ---------------------------------------------------------------------------------------------
