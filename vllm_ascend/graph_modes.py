@@ -148,8 +148,8 @@ def _within_graph_budget(sizes: list[int], vllm_config: VllmConfig) -> list[int]
     and the largest. Applied on the CPU backend too, so it captures what an NPU can."""
     model_config = vllm_config.model_config
     layers = model_config.get_num_layers(vllm_config.parallel_config) if model_config else 0
-    per_size = layers + 1 + int(vllm_config.compilation_config.cudagraph_mode
-                                .has_full_cudagraphs())
+    per_size = (layers + 1 + int(vllm_config.compilation_config.cudagraph_mode
+                                 .has_full_cudagraphs())) * _lora_graph_sets(vllm_config)
     keep = max(2, NPU_GRAPH_BUDGET // per_size)
     if len(sizes) <= keep:
         return sizes
@@ -159,3 +159,16 @@ def _within_graph_budget(sizes: list[int], vllm_config: VllmConfig) -> list[int]
                    "of %d graphs; capturing %s (set compilation_config cudagraph_capture_sizes "
                    "to choose)", len(sizes), per_size, NPU_GRAPH_BUDGET, kept)
     return kept
+
+
+def _lora_graph_sets(vllm_config: VllmConfig) -> int:
+    """With LoRA, vLLM captures every size once per LoRA case (cudagraph_specialize_lora):
+    without adapters, and per captured count of active adapters. The LoRA ops themselves are
+    graph-safe (lora/punica_wrapper.py)."""
+    lora_config = vllm_config.lora_config
+    if lora_config is None or not vllm_config.compilation_config.cudagraph_specialize_lora:
+        return 1
+    from vllm.lora.utils import get_captured_lora_counts
+
+    return 1 + len(get_captured_lora_counts(lora_config.max_loras,
+                                            lora_config.specialize_active_lora))

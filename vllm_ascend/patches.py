@@ -74,7 +74,28 @@ PATCHES: tuple[Patch, ...] = (
           "discipline on the device layer (distributed/graph_capture.py).",
           "vLLM asks the device communicator for its capture context instead of asserting "
           "CUDA/XPU", lambda: _graph_capture()),
+    Patch("vllm.v1.engine.core.EngineCoreProc._handle_shutdown", _BOTH,
+          "On SIGTERM vLLM 0.32's engine core drains without a deadline and the process manager "
+          "SIGKILLs it at shutdown_timeout; with streams in flight their last outputs are lost "
+          "and AsyncLLM.shutdown cancels its output handler before the streams hear of the "
+          "engine's end, so `vllm serve` waits forever for their "
+          "connections. The wrapper aborts what is still running at half the window and lets "
+          "the output thread send it before teardown (engine_shutdown.py). No hook exists.",
+          "vLLM's engine core enforces the drain deadline itself, or AsyncLLM.shutdown "
+          "propagates the engine's end to open streams before cancelling its output handler",
+          lambda: _bounded_drain()),
 )
+
+
+def _bounded_drain():
+    from vllm.v1.engine.core import EngineCoreProc
+
+    from vllm_ascend.engine_shutdown import bounded_drain
+
+    current = EngineCoreProc._handle_shutdown
+    if hasattr(current, "__wrapped__"):  # applied once per process; never wrap twice
+        return current
+    return bounded_drain(current)
 
 
 def _graph_capture():

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import torch
 from vllm.platforms.interface import Platform, PlatformEnum
 
-from vllm_ascend import device, graph_modes
+from vllm_ascend import device, graph_modes, lora
 from vllm_ascend.ascend_config import get_ascend_config
 from vllm_ascend.logger import init_logger
 
@@ -30,6 +30,7 @@ WORKER_CLS = "vllm_ascend.worker.worker.NPUWorker"
 ATTENTION_BACKEND_CLS = "vllm_ascend.attention.backend.AscendAttentionBackend"
 MLA_BACKEND_CLS = "vllm_ascend.attention.mla_backend.AscendMLABackend"
 GRAPH_WRAPPER_CLS = "vllm_ascend.worker.graph_wrapper.AscendGraphWrapper"
+PUNICA_WRAPPER_CLS = "vllm_ascend.lora.punica_wrapper.AscendPunicaWrapper"
 # torch_npu's paged fused attention takes blocks of 128..512 tokens in multiples of 128
 # (attention/backend.py SUPPORTED_BLOCK_SIZES); 128 is the default on both backends so the CPU
 # backend exercises the same layout (tests also run block size 256).
@@ -156,7 +157,9 @@ class NPUPlatform(Platform):
 
     @classmethod
     def get_punica_wrapper(cls) -> str:
-        raise NotImplementedError("LoRA is not supported by vllm-ascend yet")
+        # Multi-LoRA on fixed-shape torch ops (graph-safe, exact for base-model rows in a
+        # mixed batch): vllm_ascend/lora/punica_wrapper.py.
+        return PUNICA_WRAPPER_CLS
 
     @classmethod
     def opaque_attention_op(cls) -> bool:
@@ -264,6 +267,7 @@ class NPUPlatform(Platform):
         if cache_config is not None and not cache_config.user_specified_block_size:
             cache_config.block_size = DEFAULT_BLOCK_SIZE
         check_attention_support(vllm_config)
+        lora.check_lora_support(vllm_config)
         graph_modes.finalize_sizes(vllm_config)
         # Async scheduling with speculative decoding is accepted: the host sequence lengths
         # over-count rejected drafts there, so the attention metadata builder reads the exact

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 import signal
 import socket
 import subprocess
@@ -55,6 +56,22 @@ class Server:
         self.log.seek(0)
         text = self.log.read()
         return text if tail is None else text[-tail:]
+
+    def engine_core_pid(self) -> int:
+        """The pid of the server's engine core process (its log names it)."""
+        found = re.findall(r"\(EngineCore pid=(\d+)\)", self.output(tail=None))
+        if not found:
+            raise RuntimeError("the server's log names no EngineCore pid")
+        return int(found[0])
+
+    def metric(self, name: str) -> float:
+        """The value of one unlabelled-by-request Prometheus sample from /metrics."""
+        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as r:
+            text = r.read().decode()
+        found = re.search(rf"^{re.escape(name)}(?:{{[^}}]*}})? (\S+)$", text, re.M)
+        if found is None:
+            raise KeyError(f"{name} not in /metrics")
+        return float(found.group(1))
 
     def stop(self, timeout: float = 60.0) -> int:
         if self.proc.poll() is None:
