@@ -15,6 +15,9 @@ VLLM_VERSION := 0.32.0
 # The torchvision release built for TORCH_VERSION (vision-language processors need it).
 TORCHVISION_VERSION := 0.28.0
 PYTEST_ARGS ?=
+# Test files run on this many pytest-xdist workers, each file whole on one worker (its engines
+# are module-scoped). vLLM runs each engine on one thread, so two workers use two cores.
+TEST_WORKERS ?= 2
 # Sources whose change requires rebuilding/reinstalling the package (csrc is compiled by setup.py).
 PKG_SOURCES := pyproject.toml setup.py CMakeLists.txt $(shell find csrc -type f 2>/dev/null)
 
@@ -49,7 +52,8 @@ $(STAMPS)/package: $(STAMPS)/torchvision $(PKG_SOURCES)
 
 # pytest exits 5 when it collects no test; that is reported, not treated as a crash.
 test: install
-	@set +e; VLLM_ASCEND_DEVICE=cpu $(PY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
+	@set +e; VLLM_ASCEND_DEVICE=cpu $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile \
+		$(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$rc
 
 demo: install
