@@ -5,10 +5,16 @@
 # ---------------------------------------------------------------------------
 import functools
 import importlib.util
+import os
 import pathlib
 import sys
 
 import pytest
+
+# The CPU backend's device is the whole host by default. Engines here that size their KV cache
+# from --gpu-memory-utilization (no kv_cache_memory_bytes) share a small host with a parallel
+# test worker, so the suite gives each a 2 GiB device (inherited by spawned engines and servers).
+os.environ.setdefault("VLLM_ASCEND_CPU_MEMORY_GB", "2")
 
 _TESTS_DIR = pathlib.Path(__file__).resolve().parent
 _REPO_ROOT = _TESTS_DIR.parent
@@ -83,22 +89,17 @@ def minilm_path():
 # into the run's terminal summary under "figures". They travel on test reports, so they reach
 # the summary from pytest-xdist workers too (a print from a worker would be lost).
 # ---------------------------------------------------------------------------
-_PENDING_FIGURES: list[str] = []
-
-
-def report_figure(text: str) -> None:
-    """Show ``text`` in the run's summary (call it from a test or a fixture's teardown)."""
-    _PENDING_FIGURES.append(text)
+from figures import PENDING_FIGURES  # noqa: E402
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
-    if _PENDING_FIGURES:
+    if PENDING_FIGURES:
         report = outcome.get_result()
         report.user_properties = [*report.user_properties,
-                                  *(("figure", text) for text in _PENDING_FIGURES)]
-        _PENDING_FIGURES.clear()
+                                  *(("figure", text) for text in PENDING_FIGURES)]
+        PENDING_FIGURES.clear()
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -12,8 +12,8 @@ import json
 
 import pytest
 import torch
-from conftest import report_figure
 from engine import counter, engine, random_prompts
+from figures import report_figure
 from hf_reference import hf_greedy, hf_logprobs
 
 MODELS = ["deepseek_v2", "deepseek_v3"]

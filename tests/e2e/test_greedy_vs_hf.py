@@ -10,8 +10,8 @@ import json
 
 import pytest
 import torch
-from conftest import report_figure
 from engine import counter, engine, greedy, random_prompts, total_replays
+from figures import report_figure
 from hf_reference import hf_greedy, hf_logprobs
 
 # mistral_sw: sliding window 32, shorter than most prompts here.

@@ -16,8 +16,8 @@ Two checkpoints (tests/checkpoints.py):
 from __future__ import annotations
 
 import pytest
-from conftest import report_figure
 from engine import engine, generate_once, greedy
+from figures import report_figure
 from test_spec_decode import acceptance
 
 pytestmark = pytest.mark.slow

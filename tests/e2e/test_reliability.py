@@ -32,7 +32,7 @@ import aiohttp
 import psutil
 import pytest
 import requests
-from conftest import report_figure
+from figures import report_figure
 from server import Server
 
 pytestmark = pytest.mark.slow

@@ -12,8 +12,8 @@ then compares the two probabilities, accepts every draft too."""
 from __future__ import annotations
 
 import pytest
-from conftest import report_figure
 from engine import counter, engine, greedy
+from figures import report_figure
 
 pytestmark = pytest.mark.slow
 
