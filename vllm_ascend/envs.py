@@ -23,8 +23,8 @@ def _choice(name: str, default: str, choices: tuple[str, ...]) -> Callable[[], s
     return read
 
 
-def _float(name: str, default: float) -> Callable[[], float]:
-    def read() -> float:
+def _float(name: str, default: float | None) -> Callable[[], float | None]:
+    def read() -> float | None:
         raw = os.environ.get(name, "")
         if raw.strip() == "":
             return default
@@ -63,10 +63,14 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         "what is missing). 'cpu': the CPU backend, the same code path with CPU kernels (tests).",
     ),
     "VLLM_ASCEND_CPU_MEMORY_GB": (
-        _float("VLLM_ASCEND_CPU_MEMORY_GB", 4.0),
-        "CPU backend only: the host memory budget in GiB that stands in for device memory. "
-        "gpu_memory_utilization is a fraction of this budget (weights, activations, KV cache). "
-        "Default 4 GiB, capped at the memory available on the host.",
+        _float("VLLM_ASCEND_CPU_MEMORY_GB", None),
+        "CPU backend only: the size in GiB of the device the host stands in for. Unset "
+        "(default): the host's memory (MemTotal, or the container's memory limit), as vLLM's "
+        "CPU build reads it; a larger value is capped there. --gpu-memory-utilization is a "
+        "fraction of it (shared by the ranks on the host), and what the model takes is counted "
+        "from the worker's own growth (weights, buffers, peak activations, KV cache), not the "
+        "memory of the interpreter and libraries. The KV cache never gets more than the host has "
+        "available when it is sized.",
     ),
     "VLLM_ASCEND_LOG_FALLBACKS": (
         _flag("VLLM_ASCEND_LOG_FALLBACKS", True),

@@ -190,7 +190,9 @@ class NPUPlatform(Platform):
 
     @classmethod
     def is_sleep_mode_available(cls) -> bool:
-        return False
+        # Both backends, through the "ascend" sleep-mode backend (worker/sleep_mode.py), which
+        # check_and_update_config selects. The NPU path is untested (no NPU in CI).
+        return True
 
     @classmethod
     def check_runner_kv_caches_multi_layer(cls) -> None:
@@ -263,6 +265,8 @@ class NPUPlatform(Platform):
         if vllm_config.shutdown_timeout == 0:
             vllm_config.shutdown_timeout = 5
 
+        use_sleep_mode_backend(vllm_config)
+
         cache_config = vllm_config.cache_config
         if cache_config is not None and not cache_config.user_specified_block_size:
             cache_config.block_size = DEFAULT_BLOCK_SIZE
@@ -272,6 +276,22 @@ class NPUPlatform(Platform):
         # Async scheduling with speculative decoding is accepted: the host sequence lengths
         # over-count rejected drafts there, so the attention metadata builder reads the exact
         # ones from the device (attention/drafting.py).
+
+
+def use_sleep_mode_backend(vllm_config: VllmConfig) -> None:
+    """With sleep mode on, vLLM's default sleep-mode backend ("cumem", CUDA's virtual-memory
+    allocator) becomes the plugin's "ascend" backend; a backend named otherwise is kept (a
+    third-party one registered through vLLM's registry)."""
+    from vllm_ascend.worker.sleep_mode import BACKEND_NAME
+
+    model_config = vllm_config.model_config
+    if model_config is None or not model_config.enable_sleep_mode:
+        return
+    if model_config.sleep_mode_backend == "cumem":
+        model_config.sleep_mode_backend = BACKEND_NAME
+    if model_config.sleep_mode_offload_cudagraph:
+        logger.warning("vllm-ascend: sleep_mode_offload_cudagraph is not supported and ignored "
+                       "(graph memory stays resident while asleep)")
 
 
 def check_attention_support(vllm_config: VllmConfig) -> None:

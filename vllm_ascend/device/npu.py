@@ -81,6 +81,28 @@ class NpuDevice:
         return total - free
 
     @staticmethod
+    def begin_memory_accounting() -> None:
+        # The NPU runtime counts device memory itself; there is no baseline to take.
+        pass
+
+    @staticmethod
+    def reset_peak_memory() -> None:
+        torch.npu.reset_peak_memory_stats()
+
+    @staticmethod
+    def peak_memory_used() -> int:
+        """Memory in use now, with the caching allocator's pool at its peak since
+        reset_peak_memory() (what it has released since is counted back in)."""
+        used = NpuDevice.memory_used()
+        return used - torch.npu.memory_reserved() + torch.npu.max_memory_reserved()
+
+    @staticmethod
+    def allocatable_memory() -> int:
+        """Free device memory now (other processes on the NPU included)."""
+        _require_initialised("free memory")
+        return torch.npu.mem_get_info()[0]
+
+    @staticmethod
     def mem_get_info(device=None) -> tuple[int, int]:
         _require_initialised("free memory")
         return torch.npu.mem_get_info()
@@ -99,3 +121,45 @@ class NpuDevice:
     @staticmethod
     def is_current_stream_capturing() -> bool:
         return torch.npu.is_current_stream_capturing()
+
+
+class NpuSleepOffloader:
+    """Sleep-mode backups on an NPU (device/sleep.py): pinned host tensors.
+
+    UNTESTED on an NPU (written from torch_npu 2.13's Python API; the CPU backend runs the same
+    backend with its own offloader). A storage freed with ``resize_(0)`` goes back to torch_npu's
+    caching allocator and ``empty_cache`` returns it to the driver; on wake-up ``resize_(n)``
+    allocates anew, at another device address. NPUGraph replays the addresses captured, so the
+    worker captures its graphs again after wake-up (graphs_survive_reallocation = False).
+
+    Not done: an address-stable pool. torch_npu 2.13 documents the pieces
+    (``torch_npu.npu.memory.NPUPluggableAllocator(so, alloc_fn, free_fn)``, ``MemPool(allocator)``,
+    ``use_mem_pool``); with an allocator .so built on CANN's virtual-memory calls (reserve an
+    address range, map and unmap physical memory) weights and KV cache would keep their addresses
+    across sleep and graphs would not need re-capture.
+    """
+
+    graphs_survive_reallocation = False
+
+    def __init__(self) -> None:
+        self._backups: list[torch.Tensor] = []
+
+    def save(self, storage: torch.UntypedStorage) -> int:
+        from vllm_ascend.device.sleep import byte_view
+
+        host = torch.empty(storage.nbytes(), dtype=torch.uint8, pin_memory=True)
+        host.copy_(byte_view(storage))  # synchronous copy: the device buffer is freed next
+        self._backups.append(host)
+        return len(self._backups) - 1
+
+    def load(self, handle: object, storage: torch.UntypedStorage) -> None:
+        from vllm_ascend.device.sleep import byte_view
+
+        byte_view(storage).copy_(self._backups[handle])  # type: ignore[index]
+
+    def drop(self) -> None:
+        self._backups.clear()
+
+    def release_cache(self) -> None:
+        torch.npu.synchronize()
+        torch.npu.empty_cache()

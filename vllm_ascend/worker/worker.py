@@ -7,6 +7,8 @@ import time
 from contextlib import AbstractContextManager, nullcontext
 
 import torch
+from vllm.compilation.breakable_cudagraph import BreakableCUDAGraphWrapper
+from vllm.compilation.cuda_graph import CUDAGraphWrapper
 from vllm.config import CUDAGraphMode
 from vllm.distributed.parallel_state import get_pp_group
 from vllm.platforms import current_platform
@@ -17,6 +19,7 @@ from vllm.v1.worker.worker_base import CompilationTimes
 
 from vllm_ascend import device
 from vllm_ascend.logger import init_logger
+from vllm_ascend.worker import sleep_mode
 from vllm_ascend.worker.device_index import dp_shifted_local_rank
 from vllm_ascend.worker.model_runner import NPUModelRunner
 
@@ -49,50 +52,155 @@ class NPUWorker(Worker):
             current_platform.dist_backend,
         )
         set_random_seed(self.model_config.seed)
+        # What the worker takes from here on (runner buffers, weights, activations, KV cache) is
+        # its device memory; on the CPU backend the process's memory so far is not.
+        dev.begin_memory_accounting()
         self._init_workspace_and_model_runner()
 
     def _make_model_runner(self) -> NPUModelRunner:
         return NPUModelRunner(self.vllm_config, self.device)
 
     def _maybe_get_memory_pool_context(self, tag: str) -> AbstractContextManager:
-        # vLLM's sleep-mode memory pool refuses unknown platforms; sleep mode is not offered.
+        # vLLM's sleep-mode memory pools are CUDA/XPU allocators. Sleep mode here works on the
+        # storages of the tensors themselves (worker/sleep_mode.py), so no pool is needed.
         return nullcontext()
 
+    # ---- sleep mode (worker/sleep_mode.py; vLLM resolves the "ascend" backend by name) -------
     def sleep(self, level: int = 1) -> None:
-        raise NotImplementedError("sleep mode is not supported by vllm-ascend yet")
+        """Level 1: weights backed up, KV cache discarded; level 2: both discarded (buffers
+        and sleep_preserve_parameter_names backed up). vLLM's Worker.sleep is not used: it
+        asserts that free memory grew, which on the CPU backend (host RSS) other processes
+        can contradict, and saves level-2 buffers with ``.cpu()``, a no-op there."""
+        if not self.model_config.enable_sleep_mode:
+            raise RuntimeError("sleep mode is off: start the engine with enable_sleep_mode=True "
+                               "(vllm serve --enable-sleep-mode)")
+        dev = device.current()
+        dev.synchronize()
+        used_before = dev.memory_used()
+        sleep_mode.track_worker(self, self.model_runner.get_model())
+        self.sleep_mode_backend.suspend(level)
+        dev.synchronize()
+        used_after = dev.memory_used()
+        logger.info("Sleep mode (level %d) freed %s GiB; %s GiB still in use", level,
+                    format_gib(used_before - used_after), format_gib(used_after))
+
+    def discard(self, tags: tuple[str, ...]) -> None:
+        """Drop the contents of ``tags`` without a backup (vLLM's release_kv_cache_memory)."""
+        sleep_mode.track_worker(self, self.model_runner.get_model())
+        self.sleep_mode_backend.discard(tags)
 
     def wake_up(self, tags: list[str] | None = None) -> None:
-        raise NotImplementedError("sleep mode is not supported by vllm-ascend yet")
+        backend = self.sleep_mode_backend
+        backend.resume(tags)
+        if backend.state() == "RUNNING" and not backend.graphs_survive and self._graphs_on():
+            # NPUGraph replays captured device addresses; the storages have new ones now.
+            CUDAGraphWrapper.clear_all_graphs()
+            BreakableCUDAGraphWrapper.clear_all_graphs()
+            self._capture_graphs()
+        device.current().synchronize()
+
+    def load_model(self, *, load_dummy_weights: bool = False) -> None:
+        super().load_model(load_dummy_weights=load_dummy_weights)
+        self._check_model_fits()
+
+    def _ranks_sharing_device(self) -> int:
+        """On the CPU backend every rank on the host shares its one device; an NPU is a rank's
+        own."""
+        if device.current().device_type != "cpu":
+            return 1
+        return (self.parallel_config.local_world_size
+                * max(self.parallel_config.data_parallel_size_local, 1))
+
+    def _memory_budget(self) -> tuple[int, int]:
+        """(budget, device total): this rank's share of gpu_memory_utilization of the device."""
+        total = device.current().total_memory()
+        share = int(total * self.cache_config.gpu_memory_utilization)
+        return share // self._ranks_sharing_device(), total
+
+    def _budget_fix(self) -> str:
+        host = device.current().device_type == "cpu"
+        return ("raise --gpu-memory-utilization"
+                + (" (or VLLM_ASCEND_CPU_MEMORY_GB, the CPU backend's device size)" if host else "")
+                + ", or size the KV cache yourself with --kv-cache-memory-bytes")
+
+    def _budget_words(self, budget: int, total: int) -> str:
+        where = "of host memory" if device.current().device_type == "cpu" else "of device memory"
+        sharing = self._ranks_sharing_device()
+        shared = f", shared by {sharing} ranks" if sharing > 1 else ""
+        return (f"budget {format_gib(budget)} GiB "
+                f"(--gpu-memory-utilization {self.cache_config.gpu_memory_utilization} "
+                f"of {format_gib(total)} GiB {where}{shared})")
+
+    def _check_model_fits(self) -> None:
+        """Right after loading: stop when the model alone already exceeds the budget, instead of
+        finding out after the profile run."""
+        if self.cache_config.kv_cache_memory_bytes:
+            return  # the KV cache is sized explicitly; the budget is not used
+        budget, total = self._memory_budget()
+        used = device.current().memory_used()
+        if used > budget:
+            raise ValueError(
+                f"vllm-ascend: the model takes {format_gib(used)} GiB after loading (weights "
+                f"{format_gib(self._weights_bytes())} GiB), more than the "
+                f"{self._budget_words(budget, total)}, before any KV cache: "
+                f"{self._budget_fix()}."
+            )
+        logger.info("Model loaded: %s GiB in use of the %s", format_gib(used),
+                    self._budget_words(budget, total))
 
     def determine_available_memory(self) -> int:
-        """KV-cache bytes: the device budget (gpu_memory_utilization of NPU memory, or of the
-        CPU backend's host budget) less what the profile run shows in use at its peak."""
+        """KV-cache bytes: the memory budget (gpu_memory_utilization of NPU memory, or of the
+        CPU backend's device size) less the peak in use during the profile run (weights,
+        buffers, activations) and less the graphs' estimate; never more than the device can
+        still hand out, keeping room for the activations' peak."""
         with_explicit = self.cache_config.kv_cache_memory_bytes
+        dev = device.current()
+        dev.reset_peak_memory()
         self.model_runner.profile_run()
         if with_explicit:
             logger.info("KV cache: %s GiB as set by kv_cache_memory_bytes",
                         format_gib(with_explicit))
             return with_explicit
-        dev = device.current()
         dev.synchronize()
-        total = dev.total_memory()
-        budget = int(total * self.cache_config.gpu_memory_utilization)
-        used = dev.memory_used()
+        budget, total = self._memory_budget()
+        used_now = dev.memory_used()
+        peak = dev.peak_memory_used()
         graphs = self._graph_memory_estimate()
-        available = budget - used - graphs
+        available = budget - peak - graphs
         if available <= 0:
             raise ValueError(
-                f"no memory left for the KV cache: {format_gib(used)} GiB in use after the "
-                f"profile run, budget {format_gib(budget)} GiB "
-                f"({self.cache_config.gpu_memory_utilization} of {format_gib(total)} GiB). "
-                "Raise --gpu-memory-utilization"
-                + (" or VLLM_ASCEND_CPU_MEMORY_GB" if dev.device_type == "cpu" else "")
-                + ", or set --kv-cache-memory-bytes."
+                f"vllm-ascend: no memory left for the KV cache: {format_gib(peak)} GiB in use at "
+                f"the profile run's peak (weights {format_gib(self._weights_bytes())} GiB), "
+                f"{graphs / (1 << 20):.1f} MiB estimated for graphs, "
+                f"{self._budget_words(budget, total)}: {self._budget_fix()}."
             )
-        logger.info("KV cache: %s GiB (budget %s GiB, %s GiB in use after profiling, "
+        # This rank's share of what the device can still hand out now, less the activations'
+        # headroom over what is held now (freed after the profile run, needed again when
+        # serving) and the graphs.
+        room = (dev.allocatable_memory() // self._ranks_sharing_device()
+                - max(peak - used_now, 0) - graphs)
+        if available > room:
+            if room <= 0:
+                raise ValueError(
+                    f"vllm-ascend: no memory left for the KV cache: the budget would allow "
+                    f"{format_gib(available)} GiB but only "
+                    f"{format_gib(dev.allocatable_memory())} GiB can be allocated now "
+                    "(other processes hold the rest); free memory or lower "
+                    "--gpu-memory-utilization, or set --kv-cache-memory-bytes."
+                )
+            logger.warning("KV cache limited to %s GiB, what can be allocated now: the budget "
+                           "would allow %s GiB", format_gib(room), format_gib(available))
+            available = room
+        logger.info("KV cache: %s GiB (budget %s GiB, %s GiB in use at the profile run's peak, "
                     "%.1f MiB estimated for graphs)", format_gib(available), format_gib(budget),
-                    format_gib(used), graphs / (1 << 20))
+                    format_gib(peak), graphs / (1 << 20))
+        # vLLM's names for the figures.
+        self.available_kv_cache_memory_bytes = available
+        self.peak_activation_memory = max(peak - used_now, 0)
         return available
+
+    def _weights_bytes(self) -> int:
+        return int(getattr(self.model_runner, "model_memory_usage", 0))
 
     def _graphs_on(self) -> bool:
         return self.compilation_config.cudagraph_mode != CUDAGraphMode.NONE

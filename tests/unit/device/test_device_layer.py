@@ -38,7 +38,7 @@ def test_cpu_memory_budget(monkeypatch, budget_gb):
     monkeypatch.setenv("VLLM_ASCEND_CPU_MEMORY_GB", str(budget_gb))
     total = CpuDevice.total_memory()
     assert 0 < total <= budget_gb * GiB
-    assert 0 < CpuDevice.memory_used() < 64 * GiB
+    assert 0 <= CpuDevice.memory_used() < 64 * GiB
 
 
 def test_cpu_memory_budget_rejects_nonsense(monkeypatch):
