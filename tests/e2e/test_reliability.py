@@ -412,8 +412,14 @@ def _sigterm_run(srv: Server) -> tuple[float, list]:
                                        SIGTERM_STREAMS)
     start = time.monotonic()
     srv.proc.send_signal(signal.SIGTERM)
+    return _exit_seconds(srv, start, SIGTERM_EXIT_BOUND_S, readers), ends
+
+
+def _exit_seconds(srv: Server, start: float, bound: float, readers: list) -> float:
+    """Seconds from ``start`` until the server exits (killed after ``bound``); the stream
+    readers are joined either way."""
     try:
-        srv.proc.wait(SIGTERM_EXIT_BOUND_S)
+        srv.proc.wait(bound)
     finally:
         seconds = time.monotonic() - start
         if srv.proc.poll() is None:
@@ -421,7 +427,7 @@ def _sigterm_run(srv: Server) -> tuple[float, list]:
             srv.proc.wait()
         for t in readers:
             t.join(10)
-    return seconds, ends
+    return seconds
 
 
 def _check_sigterm(srv: Server, seconds: float, ends: list, part: Row) -> None:
@@ -472,15 +478,7 @@ def test_engine_core_sigkill_ends_the_server(spare_servers):
     psutil.Process(srv.engine_core_pid()).send_signal(signal.SIGKILL)
     part.sent += len(ends)
     part.faults += 1
-    try:
-        srv.proc.wait(SIGKILL_EXIT_BOUND_S)
-    finally:
-        seconds = time.monotonic() - start
-        if srv.proc.poll() is None:
-            srv.proc.kill()
-            srv.proc.wait()
-        for t in readers:
-            t.join(10)
+    seconds = _exit_seconds(srv, start, SIGKILL_EXIT_BOUND_S, readers)
     log = srv.output(tail=None)
     part.notes.append(f"server exited in {seconds:.1f} s with code {srv.proc.returncode}")
     assert seconds < SIGKILL_EXIT_BOUND_S, log[-4000:]
