@@ -69,8 +69,10 @@ def log_path(tag: str) -> pathlib.Path:
     return LOG_DIR / f"{tag}.log"
 
 
-def run_worker(engine: Engine, spec: dict, tag: str, timeout: float = 900) -> dict:
-    """Run _offline_worker.py under ``engine``'s python; return its JSON result."""
+def run_worker(engine: Engine, spec: dict, tag: str, timeout: float = 900,
+               worker: pathlib.Path = WORKER) -> dict:
+    """Run ``worker`` (default _offline_worker.py) under ``engine``'s python; return its JSON
+    result."""
     spec = dict(spec, expect_platform=engine.expect_platform)
     with tempfile.TemporaryDirectory(prefix="vllm-bench-") as tmp:
         spec_path = pathlib.Path(tmp) / "spec.json"
@@ -80,7 +82,7 @@ def run_worker(engine: Engine, spec: dict, tag: str, timeout: float = 900) -> di
         start = time.perf_counter()
         with open(log, "w") as logf:
             proc = subprocess.run(
-                [str(engine.python), str(WORKER), str(spec_path), str(out_path)],
+                [str(engine.python), str(worker), str(spec_path), str(out_path)],
                 env=engine.environ(), stdout=logf, stderr=subprocess.STDOUT,
                 timeout=timeout, cwd=tmp,
             )
@@ -194,34 +196,40 @@ TINY_CONFIG = dict(
 )
 
 
-def build_tiny_checkpoint() -> pathlib.Path:
-    """A 1-layer, hidden-64 Llama checkpoint with the test suite's tokenizer, cached under
-    ``<test cache>/bench/tiny-llama-<hash>``. Runs in the plugin's venv (needs transformers)."""
+def build_bench_checkpoint(name: str, arch: str, config: dict) -> pathlib.Path:
+    """A random-weight bf16 checkpoint of transformers' ``<arch>ForCausalLM`` with ``config`` and
+    the test suite's tokenizer, cached under ``<test cache>/bench/<name>-<hash>``. Runs in the
+    plugin's venv (needs transformers)."""
     import hashlib
 
     sys.path.insert(0, str(ROOT))
     from tests import checkpoints  # the test suite's tokenizer and cache location
 
     key = hashlib.sha256(json.dumps(
-        [TINY_CONFIG, checkpoints.CORPUS, checkpoints.SPECIAL_TOKENS,
+        [arch, config, checkpoints.CORPUS, checkpoints.SPECIAL_TOKENS,
          checkpoints.TOKENIZER_VOCAB_SIZE], sort_keys=True).encode()).hexdigest()[:12]
-    final = checkpoints.cache_root() / "bench" / f"tiny-llama-{key}"
+    final = checkpoints.cache_root() / "bench" / f"{name}-{key}"
 
     def build(tmp: pathlib.Path) -> None:
         import torch
-        from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+        import transformers
 
         tok = checkpoints.build_tokenizer()
         ids = dict(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
                    pad_token_id=tok.pad_token_id)
-        config = LlamaConfig(vocab_size=len(tok), **ids, **TINY_CONFIG)
+        cfg = getattr(transformers, f"{arch}Config")(vocab_size=len(tok), **ids, **config)
         torch.manual_seed(0)
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
-        model.generation_config = GenerationConfig(**ids)
+        model = getattr(transformers, f"{arch}ForCausalLM")(cfg).to(torch.bfloat16)
+        model.generation_config = transformers.GenerationConfig(**ids)
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
 
     return checkpoints.build_atomically(final, build)
+
+
+def build_tiny_checkpoint() -> pathlib.Path:
+    """A 1-layer, hidden-64 Llama checkpoint (``TINY_CONFIG``)."""
+    return build_bench_checkpoint("tiny-llama", "Llama", TINY_CONFIG)
 
 
 def batch_sizes_main(doc: str, run, render, name: str, with_peer: bool = True) -> None:

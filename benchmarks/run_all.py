@@ -8,6 +8,9 @@
 4. SmolLM2-135M-Instruct offline throughput and online serving (bf16, fp32), plugin vs peer
 5. NPU roofline for Qwen2.5-7B-Instruct on a 910B against published vllm-ascend figures
 6. a py-spy profile of the plugin's engine step at decode batch 64 (skip with --no-profile)
+7. figures that stand for the NPU path (toy Qwen2.5-7B, decode batches 1 and 16), plugin vs
+   peer: device ops launched per decoder layer, host syncs per step, host ms per step with
+   shape-only fake kernels
 
 Every plugin figure is measured in the same run as the peer figure it is compared with. The
 tables are printed; everything (machine info, versions, min/median/max over repeats, per-run
@@ -15,7 +18,7 @@ logs) is written to benchmarks/results/bench-<timestamp>.json and benchmarks/res
 (logs in benchmarks/results/logs/).
 
     .venv/bin/python benchmarks/run_all.py [--quick] [--no-serve] [--no-profile]
-        [--only host,graph,parallel,quant,serving,roofline,profile]
+        [--only host,graph,parallel,quant,serving,roofline,profile,npu]
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import _common as C  # noqa: E402
 import bench_graph_replay  # noqa: E402
 import bench_host_overhead  # noqa: E402
+import bench_npu_path  # noqa: E402
 import bench_parallel  # noqa: E402
 import bench_quant  # noqa: E402
 import bench_serving  # noqa: E402
@@ -39,7 +43,8 @@ import roofline  # noqa: E402
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--only", default="host,graph,parallel,quant,serving,roofline,profile")
+    ap.add_argument("--only",
+                    default="host,graph,parallel,quant,serving,roofline,profile,npu")
     ap.add_argument("--no-serve", action="store_true", help="offline throughput only")
     ap.add_argument("--no-profile", action="store_true")
     ap.add_argument("--quick", action="store_true",
@@ -91,6 +96,8 @@ def main() -> int:
         section("roofline", roofline.run, roofline.render)
     if "profile" in parts:
         section("profile", profile_host.run, profile_host.render)
+    if "npu" in parts:
+        section("npu_path", bench_npu_path.run, bench_npu_path.render)
 
     report["total_s"] = time.perf_counter() - t_start
     stamp = time.strftime("%Y%m%d-%H%M%S")

@@ -9,6 +9,7 @@
 
 #include <torch/library.h>
 
+#include "cpu/fast_ops.h"
 #include "ops.h"
 
 #if defined(VLLM_ASCEND_WITH_CANN) && defined(VLLM_ASCEND_ASCENDC_OPT_OUT)
@@ -66,9 +67,100 @@ TORCH_LIBRARY_IMPL(_C_ascend, PrivateUse1, m) {
 // ---- Python module ------------------------------------------------------------------------------
 // The ops live in the dispatcher (torch.ops._C_ascend.*); importing the module only has to run the
 // static registrations above. The attributes describe the build for the Python-side checks.
+// The fast CPU kernels of torch_npu ops (cpu/fast_ops.h), driven by vllm_ascend/kernels/fast_cpu.py.
+namespace {
+
+template <typename Fn>
+PyObject* guarded(Fn&& fn) {
+  try {
+    return fn();
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+}
+
+PyObject* fast_cpu_op_names(PyObject*, PyObject*) {
+  return guarded([] {
+    const auto names = vllm_ascend::fast_cpu::op_names();
+    PyObject* out = PyTuple_New(static_cast<Py_ssize_t>(names.size()));
+    for (size_t i = 0; i < names.size(); ++i) {
+      PyTuple_SET_ITEM(out, i, PyUnicode_FromString(names[i].c_str()));
+    }
+    return out;
+  });
+}
+
+PyObject* fast_cpu_install(PyObject*, PyObject* arg) {
+  const char* name = PyUnicode_AsUTF8(arg);
+  if (name == nullptr) return nullptr;
+  return guarded([&] {
+    vllm_ascend::fast_cpu::install(name);
+    Py_RETURN_NONE;
+  });
+}
+
+PyObject* fast_cpu_set_enabled(PyObject*, PyObject* arg) {
+  const int enabled = PyObject_IsTrue(arg);
+  if (enabled < 0) return nullptr;
+  return guarded([&] {
+    vllm_ascend::fast_cpu::set_enabled(enabled != 0);
+    Py_RETURN_NONE;
+  });
+}
+
+PyObject* fast_cpu_counters(PyObject*, PyObject*) {
+  return guarded([] {
+    PyObject* out = PyDict_New();
+    for (const auto& c : vllm_ascend::fast_cpu::counters()) {
+      PyObject* v = Py_BuildValue("(LL)", static_cast<long long>(c.fast),
+                                  static_cast<long long>(c.reference));
+      PyDict_SetItemString(out, c.name.c_str(), v);
+      Py_DECREF(v);
+    }
+    return out;
+  });
+}
+
+PyObject* fast_cpu_reset_counters(PyObject*, PyObject*) {
+  return guarded([] {
+    vllm_ascend::fast_cpu::reset_counters();
+    Py_RETURN_NONE;
+  });
+}
+
+PyObject* fast_cpu_take_new_declines(PyObject*, PyObject*) {
+  return guarded([] {
+    const auto declines = vllm_ascend::fast_cpu::take_new_declines();
+    PyObject* out = PyList_New(static_cast<Py_ssize_t>(declines.size()));
+    for (size_t i = 0; i < declines.size(); ++i) {
+      PyList_SET_ITEM(out, i,
+                      Py_BuildValue("(ss)", declines[i].first.c_str(), declines[i].second.c_str()));
+    }
+    return out;
+  });
+}
+
+PyMethodDef module_methods[] = {
+    {"fast_cpu_op_names", fast_cpu_op_names, METH_NOARGS,
+     "torch_npu ops with a fast CPU kernel in this build."},
+    {"fast_cpu_install", fast_cpu_install, METH_O,
+     "Make the fast kernel the CPU kernel of npu::<name> (reference: vllm_ascend_ref::<name>)."},
+    {"fast_cpu_set_enabled", fast_cpu_set_enabled, METH_O,
+     "False: the installed fast kernels hand every call to their references."},
+    {"fast_cpu_counters", fast_cpu_counters, METH_NOARGS,
+     "op -> (calls served fast, calls handed to the reference)."},
+    {"fast_cpu_reset_counters", fast_cpu_reset_counters, METH_NOARGS, "Zero the counters."},
+    {"fast_cpu_take_new_declines", fast_cpu_take_new_declines, METH_NOARGS,
+     "(op, reason) of calls handed to the reference, each pair returned once."},
+    {nullptr, nullptr, 0, nullptr},
+};
+
+}  // namespace
+
 static struct PyModuleDef vllm_ascend_module = {
     PyModuleDef_HEAD_INIT, "_C_ascend",
-    "vLLM Ascend native ops; use them through torch.ops._C_ascend.", -1, nullptr,
+    "vLLM Ascend native ops; use them through torch.ops._C_ascend.", -1, module_methods,
 };
 
 PyMODINIT_FUNC PyInit__C_ascend(void) {

@@ -72,6 +72,15 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         "memory of the interpreter and libraries. The KV cache never gets more than the host has "
         "available when it is sized.",
     ),
+    "VLLM_ASCEND_CPU_KERNELS": (
+        _choice("VLLM_ASCEND_CPU_KERNELS", "auto", ("auto", "fast", "reference")),
+        "Which CPU kernels serve the hot torch_npu ops (fused attention, KV scatter, RMSNorm, "
+        "add+RMSNorm, SwiGLU) on CPU tensors. 'fast': the C++ kernels of csrc/cpu (each hands a "
+        "call it does not cover to the reference, logged once). 'reference': the readable Python "
+        "references only (for debugging; several times slower). 'auto' (default): fast on the "
+        "CPU backend; the references on an Ascend host, where CPU kernels are the golden "
+        "references of the self-check.",
+    ),
     "VLLM_ASCEND_LOG_FALLBACKS": (
         _flag("VLLM_ASCEND_LOG_FALLBACKS", True),
         "Log (once each) every fallback from a fused kernel to a slower path. Default on.",

@@ -5,6 +5,7 @@
 
 #include <cstring>
 
+#include "cpu/isa.h"
 #include "cpu/kernels.h"
 #include "ops.h"
 
@@ -12,42 +13,28 @@ namespace vllm_ascend {
 
 namespace {
 
-enum class Isa { kDefault, kAvx2 };
-
-Isa detect_isa() {
-#if defined(VLLM_ASCEND_HAVE_AVX2_KERNELS)
-  // at::get_cpu_capability() honours ATEN_CPU_CAPABILITY, so one variable pins torch and us.
-  const std::string cap = at::get_cpu_capability();
-  if (cap == "AVX2" || cap == "AVX512") return Isa::kAvx2;
-#endif
-  return Isa::kDefault;
-}
-
-Isa isa() {
-  static const Isa selected = detect_isa();
-  return selected;
-}
-
-#if defined(VLLM_ASCEND_HAVE_AVX2_KERNELS)
-#define VLLM_ASCEND_CPU_CALL(fn, ...)          \
-  do {                                         \
-    if (isa() == Isa::kAvx2) {                 \
-      cpu::AVX2::fn(__VA_ARGS__);              \
-    } else {                                   \
-      cpu::DEFAULT::fn(__VA_ARGS__);           \
-    }                                          \
-  } while (0)
-#else
-#define VLLM_ASCEND_CPU_CALL(fn, ...) cpu::DEFAULT::fn(__VA_ARGS__)
-#endif
-
 void check_cpu(const at::Tensor& t, const char* op, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), op, ": ", name, " must be a CPU tensor, got ", t.device());
 }
 
 }  // namespace
 
-const char* cpu_kernel_isa() { return isa() == Isa::kAvx2 ? "AVX2" : "DEFAULT"; }
+namespace cpu {
+
+Isa isa() {
+  static const Isa selected = [] {
+#if defined(VLLM_ASCEND_HAVE_AVX2_KERNELS)
+    const std::string cap = at::get_cpu_capability();
+    if (cap == "AVX2" || cap == "AVX512") return Isa::kAvx2;
+#endif
+    return Isa::kDefault;
+  }();
+  return selected;
+}
+
+}  // namespace cpu
+
+const char* cpu_kernel_isa() { return cpu::isa() == cpu::Isa::kAvx2 ? "AVX2" : "DEFAULT"; }
 
 void rotary_embedding_cpu(const at::Tensor& positions, at::Tensor& query,
                           const std::optional<at::Tensor>& key, int64_t head_size,

@@ -16,51 +16,13 @@
 #include <type_traits>
 
 #include "cpu/kernels.h"
-
-#ifndef CPU_CAPABILITY
-#error "CPU_CAPABILITY must be defined (DEFAULT or AVX2) when compiling cpu/kernels.cpp"
-#endif
-
-// float32 / float16 / bfloat16 only (no double: the fp32 compute path is the point).
-#define VA_DISPATCH_FLOATING_TYPES(TYPE, NAME, ...)            \
-  AT_DISPATCH_SWITCH(TYPE, NAME,                               \
-                     AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__) \
-                     AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__)  \
-                     AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__))
+#include "cpu/vec_io.h"
 
 namespace vllm_ascend::cpu::CPU_CAPABILITY {
 
 namespace {
 
-using fVec = at::vec::Vectorized<float>;
-constexpr int64_t kF = fVec::size();
-// Elements handled per vector step: one Vectorized<T> of a 16-bit type holds two fp32 vectors.
-constexpr int64_t kChunk = 2 * kF;
-
-// Load / store kChunk elements of T as two fp32 vectors.
-template <typename T>
-struct IO {
-  static inline void load(const T* p, fVec& a, fVec& b) {
-    auto v = at::vec::Vectorized<T>::loadu(p);
-    std::tie(a, b) = at::vec::convert_to_float<T>(v);
-  }
-  static inline void store(T* p, const fVec& a, const fVec& b) {
-    at::vec::convert_from_float<T>(a, b).store(p);
-  }
-};
-template <>
-struct IO<float> {
-  static inline void load(const float* p, fVec& a, fVec& b) {
-    a = fVec::loadu(p);
-    b = fVec::loadu(p + kF);
-  }
-  static inline void store(float* p, const fVec& a, const fVec& b) {
-    a.store(p);
-    b.store(p + kF);
-  }
-};
-static_assert(at::vec::Vectorized<at::BFloat16>::size() == kChunk, "unexpected vector width");
-static_assert(at::vec::Vectorized<at::Half>::size() == kChunk, "unexpected vector width");
+using namespace vec_io;  // NOLINT(build/namespaces): fVec, kF, kChunk, IO
 
 // ---------------------------------------------------------------------------------------------
 // rotary_embedding
@@ -182,9 +144,7 @@ void add_rms_norm_quant_impl(const T* x, const T* residual, const float* w, floa
         acc0 = at::vec::fmadd(s0, s0, acc0);
         acc1 = at::vec::fmadd(s1, s1, acc1);
       }
-      (acc0 + acc1).store(lanes);
-      float sumsq = 0.f;
-      for (int64_t l = 0; l < kF; ++l) sumsq += lanes[l];
+      float sumsq = hsum(acc0 + acc1);
       for (; i < hidden; ++i) {
         const float s = static_cast<float>(xr[i]) + static_cast<float>(rr[i]);
         ro[i] = static_cast<T>(s);

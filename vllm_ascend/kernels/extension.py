@@ -60,7 +60,8 @@ class ExtensionError(RuntimeError):
     """The native extension is missing, stale, or lacks the kernels this host needs."""
 
 
-_lock = threading.Lock()
+# Re-entrant: serving the compositions imports npu_ops, whose fast CPU kernels load the module.
+_lock = threading.RLock()
 _module: ModuleType | None = None
 _composed_announced = False
 

@@ -13,10 +13,13 @@ from collections.abc import Callable
 
 import torch
 
+from vllm_ascend.kernels import fast_cpu
+
 NAMESPACE = "npu"
 
 _define_lib: torch.library.Library | None = None
 _impl_lib: torch.library.Library | None = None
+_ref_lib: torch.library.Library | None = None
 # op name -> schema, for every op this package provides (the fidelity tests iterate over it).
 SCHEMAS: dict[str, str] = {}
 
@@ -38,6 +41,21 @@ def _libs() -> tuple[torch.library.Library, torch.library.Library]:
     return _define_lib, _impl_lib
 
 
+def _register_reference(name: str, schema: str, fn: Callable) -> None:
+    """``fn`` as ``vllm_ascend_ref::<name>``: the golden reference, callable on every host, and
+    where a fast kernel hands the calls it does not cover (logged once per reason)."""
+    global _ref_lib
+    if _ref_lib is None:
+        _ref_lib = torch.library.Library(fast_cpu.REF_NAMESPACE, "DEF")
+    _ref_lib.define(schema)
+
+    def reference(*args, **kwargs):
+        fast_cpu.log_new_declines()
+        return fn(*args, **kwargs)
+
+    _ref_lib.impl(name, reference, "CPU")
+
+
 def npu_op(schema: str, *, fake: Callable | None = None):
     """Decorator registering ``fn`` as the CPU kernel of the torch_npu op declared by ``schema``.
 
@@ -56,7 +74,10 @@ def npu_op(schema: str, *, fake: Callable | None = None):
             define_lib.define(schema)
             if fake is not None:
                 torch.library.register_fake(f"{NAMESPACE}::{name}", fake, lib=define_lib)
-        impl_lib.impl(name, fn, "CPU")
+        _register_reference(name, schema, fn)
+        # An op with a fast C++ kernel gets it from fast_cpu.install() instead.
+        if not fast_cpu.serves(name):
+            impl_lib.impl(name, fn, "CPU")
         SCHEMAS[name] = schema
         return fn
 

@@ -16,6 +16,9 @@ import torch
 import vllm_ascend.kernels.npu_ops  # noqa: F401  (registers torch.ops.npu.*)
 from vllm_ascend.kernels.npu_ops import attention as fia_mod
 
+# Each test runs through the fast C++ CPU kernels and through the Python references.
+pytestmark = pytest.mark.usefixtures("cpu_kernel_impl")
+
 FIA = torch.ops.npu.npu_fused_infer_attention_score
 MASK2048 = torch.triu(torch.ones(2048, 2048, dtype=torch.bool), diagonal=1)
 TOL = {torch.float32: 2e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}

@@ -9,6 +9,9 @@ import torch
 
 import vllm_ascend.kernels.npu_ops  # noqa: F401
 
+# Each test runs through the fast C++ CPU kernels and through the Python references.
+pytestmark = pytest.mark.usefixtures("cpu_kernel_impl")
+
 SCATTER = torch.ops.npu.npu_scatter_pa_kv_cache
 
 

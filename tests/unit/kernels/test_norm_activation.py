@@ -9,6 +9,9 @@ import torch
 
 import vllm_ascend.kernels.npu_ops  # noqa: F401
 
+# Each test runs through the fast C++ CPU kernels and through the Python references.
+pytestmark = pytest.mark.usefixtures("cpu_kernel_impl")
+
 TOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
