@@ -109,6 +109,13 @@ PyObject* fast_cpu_set_enabled(PyObject*, PyObject* arg) {
   });
 }
 
+PyObject* install_weak_ref_tensor_cpu(PyObject*, PyObject*) {
+  return guarded([] {
+    vllm_ascend::install_weak_ref_tensor_cpu();
+    Py_RETURN_NONE;
+  });
+}
+
 PyObject* fast_cpu_counters(PyObject*, PyObject*) {
   return guarded([] {
     PyObject* out = PyDict_New();
@@ -153,6 +160,8 @@ PyMethodDef module_methods[] = {
     {"fast_cpu_reset_counters", fast_cpu_reset_counters, METH_NOARGS, "Zero the counters."},
     {"fast_cpu_take_new_declines", fast_cpu_take_new_declines, METH_NOARGS,
      "(op, reason) of calls handed to the reference, each pair returned once."},
+    {"install_weak_ref_tensor_cpu", install_weak_ref_tensor_cpu, METH_NOARGS,
+     "Register the C++ CPU kernel of vLLM's _C::weak_ref_tensor (schema defined first)."},
     {nullptr, nullptr, 0, nullptr},
 };
 

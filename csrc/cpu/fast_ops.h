@@ -34,3 +34,8 @@ void reset_counters();
 std::vector<std::pair<std::string, std::string>> take_new_declines();
 
 }  // namespace vllm_ascend::fast_cpu
+
+namespace vllm_ascend {
+// The CPU kernel of vLLM's _C::weak_ref_tensor (cpu/vllm_ops.cpp); its schema must be defined.
+void install_weak_ref_tensor_cpu();
+}  // namespace vllm_ascend

@@ -79,6 +79,26 @@ def test_decode_graphs_match_hf(graph_engine):
         assert after[padded] > before.get(padded, 0), (model, n, before, after)
 
 
+def _input_buffers(worker) -> tuple[int, int, bool]:
+    from vllm.v1.utils import CpuGpuBuffer
+
+    runner = worker.model_runner
+    holders = [runner, *runner.input_batch.block_table.block_tables]
+    bufs = [v for h in holders for v in vars(h).values() if isinstance(v, CpuGpuBuffer)]
+    batch = runner.input_batch
+    return len(bufs), sum(b.gpu is b.cpu for b in bufs), (
+        batch.temperature is batch.temperature_cpu_tensor)
+
+
+def test_cpu_backend_inputs_are_not_copied_to_the_device(graph_engine):
+    """On the CPU backend the runner's device input buffers are its host buffers
+    (worker/host_buffers.py), so a step makes no host-to-device input copies; the graphs above
+    replayed over them and matched HF."""
+    model, _, llm, _ = graph_engine
+    ((n, aliased, sampling_aliased),) = llm.collective_rpc(_input_buffers)
+    assert n >= 8 and aliased == n and sampling_aliased, (model, n, aliased)
+
+
 def test_frozen_lengths_diverge_from_hf(graph_engine, monkeypatch):
     """Without NPUGraph.update, a replay attends with the lengths it holds (those of the last
     update or of the capture), not the step's: the tape freezes host values like a device

@@ -95,6 +95,9 @@ class AscendAttentionImpl(AttentionImpl[AscendAttentionMetadata]):
             slots = attn_metadata.slot_mapping
             if attn_metadata.graph_shaped:
                 slots = null_block_slots_for_padding(slots)
+            # The scatter takes contiguous key/value only (doc constraint). With one token the
+            # slices of the fused qkv projection are contiguous already (no copy); with more,
+            # each is a strided column slice and is copied here.
             torch.ops.npu.npu_scatter_pa_kv_cache(
                 key[:n].contiguous(),
                 value[:n].contiguous(),
@@ -123,6 +126,8 @@ class AscendAttentionImpl(AttentionImpl[AscendAttentionMetadata]):
             sparse_mode=self.sparse_mode,
             block_size=block_size,
         )
+        # One copy per layer into vLLM's output buffer. torch_npu's .out overload (with a
+        # workspace argument) could write there directly; not used yet.
         output[:n].copy_(attn_out.reshape(output[:n].shape))
         return output
 

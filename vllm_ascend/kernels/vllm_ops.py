@@ -44,7 +44,10 @@ def register() -> bool:
         return False
     lib = torch.library.Library("_C", "FRAGMENT")
     lib.define(SCHEMA)
-    for key in ("CPU", "PrivateUse1"):
-        lib.impl("weak_ref_tensor", weak_ref_tensor, key)
+    lib.impl("weak_ref_tensor", weak_ref_tensor, "PrivateUse1")
+    # CPU: the same construction in C++ (graph replay calls it per layer and step).
+    from vllm_ascend.kernels import extension
+
+    extension.load(require_npu_kernels=False).install_weak_ref_tensor_cpu()
     register.lib = lib  # the registrations live as long as the library object
     return True

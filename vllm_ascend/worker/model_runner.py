@@ -9,7 +9,9 @@ What differs, and nothing else:
   that capture with the device layer's graphs: whole decode graphs (worker/graph_wrapper.py)
   and piecewise graphs with eager attention between the pieces (worker/breakable_graph.py);
 - after loading, norms that feed a W8A8-dynamic layer are fused with its input quantization
-  (quantization/norm_fusion.py).
+  (quantization/norm_fusion.py);
+- on the CPU backend the per-step host-to-device input copies are dropped: the device buffers
+  are the host buffers (worker/host_buffers.py).
 """
 
 from __future__ import annotations
@@ -27,10 +29,19 @@ from vllm_ascend import device
 from vllm_ascend.quantization import norm_fusion
 from vllm_ascend.worker.breakable_graph import AscendBreakableGraphWrapper, check_attention_breaks
 from vllm_ascend.worker.graph_wrapper import AscendGraphWrapper
+from vllm_ascend.worker.host_buffers import alias_device_buffers
 from vllm_ascend.worker.kv_cache import allocate_kv_caches
 
 
 class NPUModelRunner(GPUModelRunner):
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._alias_host_buffers()
+
+    def _alias_host_buffers(self) -> None:
+        if self.device.type == "cpu":
+            alias_device_buffers(self)
+
     def _sync_device(self) -> None:
         device.current().synchronize()
 
@@ -54,6 +65,8 @@ class NPUModelRunner(GPUModelRunner):
     ) -> dict[str, torch.Tensor]:
         if self.shared_kv_cache_layers:
             raise NotImplementedError("cross-layer KV sharing is not supported by vllm-ascend")
+        # vLLM may have rebuilt the input batch for the cache's block sizes just before.
+        self._alias_host_buffers()
         with kv_cache_allocation_context or nullcontext():
             kv_caches = allocate_kv_caches(kv_cache_config, kernel_block_sizes, self.device)
         bind_kv_cache(
