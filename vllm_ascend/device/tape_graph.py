@@ -156,6 +156,33 @@ class _Recorder(TorchDispatchMode):
         return out
 
 
+def _out_variant(func):
+    """The ``out=`` overload of an aten op whose arguments are func's plus ``out``, or None."""
+    if func.namespace != "aten":
+        return None
+    try:
+        out = func.overloadpacket.out
+    except AttributeError:
+        return None
+    names = [a.name for a in func._schema.arguments]
+    if [a.name for a in out._schema.arguments] != names + ["out"] or len(out._schema.returns) != 1:
+        return None
+    return out
+
+
+def _plan_entry(step) -> tuple:
+    """(callable, args, kwargs, copies) replayed for one recorded step. An aten op with one new
+    output replays through its out= overload straight into the captured buffer, which saves
+    the copy (one more op per replayed op) that the generic path needs."""
+    copies = step.copies
+    if copies not in (None, WAIT) and len(copies) == 1 and copies[0][:2] == (None, None):
+        out = _out_variant(step.func)
+        if out is not None:
+            return out._op, step.args, {**step.kwargs, "out": copies[0][2]}, None
+    fn = step.func._op if hasattr(step.func, "_op") else step.func
+    return fn, step.args, step.kwargs, copies
+
+
 class _Step:
     """One recorded op: what to call and where its results go."""
 
@@ -205,10 +232,7 @@ class TapeGraph:
         if self._state != "capturing":
             raise RuntimeError("capture_end() without capture_begin()")
         self._stop_recording(None, None, None)
-        self._plan = [
-            (s.func._op if hasattr(s.func, "_op") else s.func, s.args, s.kwargs, s.copies)
-            for s in self._steps if s.replayed
-        ]
+        self._plan = [_plan_entry(s) for s in self._steps if s.replayed]
         self._state = "captured"
         COUNTERS["captures"] += 1
         logger.debug("tape graph %#x captured: %d ops recorded, %d replayed, %d updatable",

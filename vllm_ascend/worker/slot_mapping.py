@@ -25,15 +25,17 @@ def compute_slot_mapping(
 ) -> None:
     if TOTAL_CP_WORLD_SIZE != 1:
         raise NotImplementedError("context parallelism is not supported by vllm-ascend yet")
-    device = positions_ptr.device
-    token_idx = torch.arange(num_tokens, device=device)
-    # Request of each token: the number of request end offsets at or before it.
-    ends = query_start_loc_ptr[1:].to(torch.int64)
+    ends = query_start_loc_ptr[1:]
+    # Request of each token: the number of request end offsets at or before it (token indices
+    # in the ends' dtype, so no conversion is needed).
+    token_idx = torch.arange(num_tokens, device=ends.device, dtype=ends.dtype)
     req_idx = torch.searchsorted(ends, token_idx, right=True)
     req_idx.clamp_(max=block_table_ptr.shape[0] - 1)
     pos = positions_ptr[:num_tokens]
-    block_numbers = block_table_ptr.reshape(-1, block_table_stride)[
-        req_idx, pos // KV_CACHE_BLOCK_SIZE
-    ].to(torch.int64)
-    slot_mapping_ptr[:num_tokens] = block_numbers * KV_CACHE_BLOCK_SIZE + pos % KV_CACHE_BLOCK_SIZE
+    table = block_table_ptr.reshape(-1, block_table_stride)
+    block_numbers = table[req_idx, pos // KV_CACHE_BLOCK_SIZE]
+    # block * block_size stays far inside int32 (a cache of 2^31 slots would not fit in memory);
+    # adding the int64 offset promotes, and the sum is written in place (no temporary copy).
+    torch.add(block_numbers * KV_CACHE_BLOCK_SIZE, pos % KV_CACHE_BLOCK_SIZE,
+              out=slot_mapping_ptr[:num_tokens])
     slot_mapping_ptr[num_tokens:max_num_tokens] = PAD_ID
