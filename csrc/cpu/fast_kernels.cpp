@@ -136,7 +136,15 @@ void attention_impl(const AttentionProblem& p) {
     }
   }
 
-  at::parallel_for(0, static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
+  // Work of one item in multiply-adds; small calls (a decode step of a small model) run inline,
+  // so no thread team wakes up (and spins afterwards) for microseconds of arithmetic.
+  int64_t total_kv = 0;
+  for (const Item& w : items) total_kv += p.kv_len[w.b];
+  const int64_t item_work = items.empty() ? 1
+      : std::max<int64_t>(1, rows_per_item * G * (D + DV) * total_kv /
+                                 static_cast<int64_t>(items.size()));
+  const int64_t grain = std::max<int64_t>(1, (1 << 18) / item_work);
+  at::parallel_for(0, static_cast<int64_t>(items.size()), grain, [&](int64_t begin, int64_t end) {
     const int64_t max_vectors = rows_per_item * G;
     std::vector<float> qbuf(max_vectors * D), acc(max_vectors * DV), m(max_vectors),
         l(max_vectors), kbuf(kKvChunk * D), vbuf(kKvChunk * DV), sc(kKvChunk);
@@ -231,7 +239,7 @@ void attention_impl(const AttentionProblem& p) {
 template <typename T>
 void rms_norm_impl(const T* x, const T* x2, const float* w, float eps, T* y, float* rstd, T* xs,
                    int64_t rows, int64_t hidden) {
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, hidden));
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, hidden));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     std::vector<float> buf(hidden);
     float* s = buf.data();
@@ -284,7 +292,7 @@ void rms_norm_impl(const T* x, const T* x2, const float* w, float eps, T* y, flo
 
 template <typename T>
 void swiglu_impl(const T* x, T* y, int64_t rows, int64_t half) {
-  const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, half));
+  const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, half));
   at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) {
     const fVec one(1.f);
     for (int64_t r = begin; r < end; ++r) {
@@ -348,7 +356,7 @@ void scatter_rows_kernel(const at::Tensor& src, at::Tensor& cache, const at::Ten
   char* c = static_cast<char*>(cache.data_ptr());
   AT_DISPATCH_INDEX_TYPES(slots.scalar_type(), "scatter_rows_fast", [&] {
     const index_t* sl = slots.const_data_ptr<index_t>();
-    const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(1, row_bytes));
+    const int64_t grain = std::max<int64_t>(1, (1 << 20) / std::max<int64_t>(1, row_bytes));
     at::parallel_for(0, tokens, grain, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
         std::memcpy(c + static_cast<int64_t>(sl[t]) * row_bytes, s + t * row_bytes, row_bytes);
