@@ -129,13 +129,6 @@ PyObject* fast_cpu_counters(PyObject*, PyObject*) {
   });
 }
 
-PyObject* fast_cpu_reset_counters(PyObject*, PyObject*) {
-  return guarded([] {
-    vllm_ascend::fast_cpu::reset_counters();
-    Py_RETURN_NONE;
-  });
-}
-
 PyObject* fast_cpu_take_new_declines(PyObject*, PyObject*) {
   return guarded([] {
     const auto declines = vllm_ascend::fast_cpu::take_new_declines();
@@ -157,7 +150,6 @@ PyMethodDef module_methods[] = {
      "False: the installed fast kernels hand every call to their references."},
     {"fast_cpu_counters", fast_cpu_counters, METH_NOARGS,
      "op -> (calls served fast, calls handed to the reference)."},
-    {"fast_cpu_reset_counters", fast_cpu_reset_counters, METH_NOARGS, "Zero the counters."},
     {"fast_cpu_take_new_declines", fast_cpu_take_new_declines, METH_NOARGS,
      "(op, reason) of calls handed to the reference, each pair returned once."},
     {"install_weak_ref_tensor_cpu", install_weak_ref_tensor_cpu, METH_NOARGS,

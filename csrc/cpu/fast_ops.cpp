@@ -527,13 +527,6 @@ std::vector<Counters> counters() {
   return out;
 }
 
-void reset_counters() {
-  for (auto& [name, st] : states()) {
-    st.fast = 0;
-    st.reference = 0;
-  }
-}
-
 std::vector<std::pair<std::string, std::string>> take_new_declines() {
   std::vector<std::pair<std::string, std::string>> out;
   for (auto& [name, st] : states()) {

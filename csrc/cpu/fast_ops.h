@@ -28,7 +28,6 @@ struct Counters {
   int64_t reference = 0;  // calls handed to the reference
 };
 std::vector<Counters> counters();
-void reset_counters();
 
 // (op, reason) pairs of calls handed to the reference, each returned once (for a log line).
 std::vector<std::pair<std::string, std::string>> take_new_declines();

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from types import ModuleType
 
 from vllm_ascend import envs
 
@@ -26,7 +27,8 @@ FAST_OPS = (
     "npu_fused_infer_attention_score",
 )
 
-_installed = False
+# The extension module once the fast kernels are installed (None: the references serve).
+_module: ModuleType | None = None
 
 
 def mode() -> str:
@@ -46,8 +48,8 @@ def serves(name: str) -> bool:
 
 def install() -> None:
     """Register the fast kernels (after the npu_ops modules defined the schemas and references)."""
-    global _installed
-    if _installed or mode() != "fast":
+    global _module
+    if _module is not None or mode() != "fast":
         return
     from vllm_ascend.kernels import extension
 
@@ -60,49 +62,34 @@ def install() -> None:
             f"{extension.REBUILD_COMMAND}")
     for name in FAST_OPS:
         module.fast_cpu_install(name)
-    _installed = True
+    _module = module
 
 
 def counters() -> dict[str, tuple[int, int]]:
     """op -> (calls the fast kernel served, calls handed to the reference) in this process."""
-    if not _installed:
-        return {}
-    from vllm_ascend.kernels import extension
-
-    return dict(extension.load(require_npu_kernels=False).fast_cpu_counters())
+    return dict(_module.fast_cpu_counters()) if _module is not None else {}
 
 
 @contextlib.contextmanager
 def references_only() -> Iterator[None]:
     """Within the block the installed fast kernels hand every call to their references (tests
     run each corner case through both implementations in one process)."""
-    if not _installed:
+    if _module is None:
         yield
         return
-    from vllm_ascend.kernels import extension
-
-    module = extension.load(require_npu_kernels=False)
-    module.fast_cpu_set_enabled(False)
+    _module.fast_cpu_set_enabled(False)
     try:
         yield
     finally:
-        module.fast_cpu_set_enabled(True)
-
-
-def reset_counters() -> None:
-    if _installed:
-        from vllm_ascend.kernels import extension
-
-        extension.load(require_npu_kernels=False).fast_cpu_reset_counters()
+        _module.fast_cpu_set_enabled(True)
 
 
 def log_new_declines() -> None:
     """One log line per (op, reason) of a call the fast kernel handed to the reference."""
-    if not _installed:
+    if _module is None:
         return
-    from vllm_ascend.kernels import extension
     from vllm_ascend.ops.fallback import log_fallback_once
 
-    for op, reason in extension.load(require_npu_kernels=False).fast_cpu_take_new_declines():
+    for op, reason in _module.fast_cpu_take_new_declines():
         log_fallback_once(f"the fast CPU kernel of npu::{op}",
                           f"{reason}; its Python reference serves (or refuses) such calls")
