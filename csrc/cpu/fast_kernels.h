@@ -41,7 +41,13 @@ struct AttentionProblem {
   void rms_norm_kernel(const at::Tensor& x, const at::Tensor* x2, const at::Tensor& gamma,    \
                        double epsilon, at::Tensor& y, at::Tensor& rstd, at::Tensor* x_sum);   \
   void swiglu_kernel(const at::Tensor& x, at::Tensor& y);                                     \
-  void scatter_rows_kernel(const at::Tensor& src, at::Tensor& cache, const at::Tensor& slots);
+  void scatter_rows_kernel(const at::Tensor& src, at::Tensor& cache, const at::Tensor& slots); \
+  /* cpu/fast_moe_kernels.cpp: y rows of group g (ends: cumulative) = x rows @ w[g] + bias[g] */ \
+  void grouped_matmul_kernel(const at::Tensor& x, const at::Tensor& w, const float* bias,   \
+                             const std::vector<int64_t>& ends, at::Tensor& y);              \
+  /* out[t] = sum_k probs[t, k] * rows[idx[t * topk + k]] (probs null: weight 1) */          \
+  void moe_combine_kernel(const at::Tensor& rows, const at::Tensor& idx, const float* probs, \
+                          int64_t topk, at::Tensor& out);
 
 namespace vllm_ascend::cpu {
 namespace DEFAULT {

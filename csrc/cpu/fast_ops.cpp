@@ -22,6 +22,7 @@
 #include <optional>
 
 #include "cpu/fast_kernels.h"
+#include "cpu/fast_serve.h"
 #include "cpu/isa.h"
 
 namespace vllm_ascend::fast_cpu {
@@ -45,47 +46,18 @@ std::map<std::string, OpState>& states() {
   return s;
 }
 
-using Decline = std::optional<std::string>;
-
-// Arguments of a boxed call by position (names resolved to positions once, at install).
-class Args {
- public:
-  Args(const OpState& st, torch::jit::Stack* stack, size_t n)
-      : st_(st), stack_(stack), base_(stack->size() - n) {}
-  const c10::IValue& operator[](size_t i) const { return (*stack_)[base_ + st_.index[i]]; }
-  const at::Tensor& tensor(size_t i) const { return (*this)[i].toTensor(); }
-  bool none(size_t i) const { return (*this)[i].isNone(); }
-
- private:
-  const OpState& st_;
-  torch::jit::Stack* stack_;
-  size_t base_;
-};
-
-// A SymInt[]? argument as concrete integers (nullopt for None).
-std::optional<std::vector<int64_t>> int_list(const c10::IValue& v) {
-  if (v.isNone()) return std::nullopt;
-  if (v.isIntList()) return v.toIntVector();
-  std::vector<int64_t> out;
-  for (const c10::SymInt& s : v.toSymIntVector()) out.push_back(s.guard_int(__FILE__, __LINE__));
-  return out;
-}
-
-bool float_dtype(at::ScalarType t) {
-  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
-}
-
 std::atomic<bool> g_enabled{true};
 
-template <typename Fn>
-void serve(const char* name, const c10::OperatorHandle& op, torch::jit::Stack* stack, Fn&& plan) {
+}  // namespace
+
+void serve(const char* name, const c10::OperatorHandle& op, torch::jit::Stack* stack, Plan plan) {
   OpState& st = states().at(name);
   if (!g_enabled.load(std::memory_order_relaxed)) {  // references selected at run time (tests)
     st.ref->callBoxed(stack);
     return;
   }
   const size_t n = op.schema().arguments().size();
-  Args args(st, stack, n);
+  Args args(st.index, stack, n);
   std::vector<c10::IValue> outputs;
   const Decline why = plan(args, outputs);
   if (!why) {
@@ -104,6 +76,20 @@ void serve(const char* name, const c10::OperatorHandle& op, torch::jit::Stack* s
   }
   st.ref->callBoxed(stack);
 }
+
+std::optional<std::vector<int64_t>> int_list(const c10::IValue& v) {
+  if (v.isNone()) return std::nullopt;
+  if (v.isIntList()) return v.toIntVector();
+  std::vector<int64_t> out;
+  for (const c10::SymInt& s : v.toSymIntVector()) out.push_back(s.guard_int(__FILE__, __LINE__));
+  return out;
+}
+
+bool float_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16;
+}
+
+namespace {
 
 // ---- npu_rms_norm / npu_add_rms_norm ---------------------------------------------------------
 
@@ -450,14 +436,9 @@ void attention_boxed(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
 
 // ---- table -------------------------------------------------------------------------------------
 
-struct Entry {
-  const char* name;
-  torch::CppFunction (*make)();
-  std::vector<const char*> args;  // argument names, in the order the kernel's enum uses
-};
-
 const std::vector<Entry>& table() {
-  static const std::vector<Entry> t = {
+  static const std::vector<Entry> t = [] {
+    std::vector<Entry> own = {
       {"npu_rms_norm", [] { return torch::CppFunction::makeFromBoxedFunction<&rms_norm_boxed>(); },
        {"self", "gamma", "epsilon"}},
       {"npu_add_rms_norm",
@@ -472,7 +453,10 @@ const std::vector<Entry>& table() {
       {"npu_fused_infer_attention_score",
        [] { return torch::CppFunction::makeFromBoxedFunction<&attention_boxed>(); },
        fia_arg_names()},
-  };
+    };
+    own.insert(own.end(), moe_entries().begin(), moe_entries().end());
+    return own;
+  }();
   return t;
 }
 

@@ -1,4 +1,5 @@
-"""Fast C++ CPU kernels (csrc/cpu/fast_ops.cpp) for the hot torch_npu ops, and their selection.
+"""Fast C++ CPU kernels for the hot torch_npu ops (csrc/cpu/fast_ops.cpp, fast_moe_ops.cpp), and
+their selection.
 
 Every torch_npu op the plugin calls has a Python reference (``kernels/npu_ops``), registered as
 ``torch.ops.vllm_ascend_ref.<op>`` (same schema) on every host. For the ops in ``FAST_OPS`` the
@@ -18,13 +19,17 @@ from types import ModuleType
 from vllm_ascend import envs
 
 REF_NAMESPACE = "vllm_ascend_ref"
-# The ops csrc/cpu/fast_ops.cpp serves; install() checks the build agrees.
+# The ops csrc/cpu/fast_ops.cpp and fast_moe_ops.cpp serve; install() checks the build agrees.
 FAST_OPS = (
     "npu_rms_norm",
     "npu_add_rms_norm",
     "npu_swiglu",
     "npu_scatter_pa_kv_cache",
     "npu_fused_infer_attention_score",
+    "npu_moe_gating_top_k_softmax",
+    "npu_moe_init_routing_v2",
+    "npu_grouped_matmul",
+    "npu_moe_token_unpermute",
 )
 
 # The extension module once the fast kernels are installed (None: the references serve).

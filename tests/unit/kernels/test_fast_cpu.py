@@ -1,4 +1,4 @@
-"""The fast C++ CPU kernels (csrc/cpu/fast_ops.cpp) against the Python references.
+"""The fast C++ CPU kernels (csrc/cpu/fast_ops.cpp, fast_moe_ops.cpp) against the Python references.
 
 Each case runs the same call through ``torch.ops.npu.<op>`` (the fast kernel) and
 ``torch.ops.vllm_ascend_ref.<op>`` (the reference), and the fast kernel's counters show it served
@@ -234,6 +234,120 @@ def test_norm_and_swiglu_uncovered_or_illegal_calls_go_to_the_reference():
     assert fast_cpu.counters()["npu_swiglu"] == (before[0], before[1] + 1)
     y = NPU.npu_rms_norm(x.t(), torch.ones(4))  # non-contiguous: legal, reference
     torch.testing.assert_close(y[0], REF.npu_rms_norm(x.t(), torch.ones(4))[0])
+
+
+# ---- MoE routing: gating, init routing, grouped matmul, unpermute ----------------------------
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("shape,k", [((9, 8), 2), ((2, 3, 64), 8), ((5, 6), 6), ((0, 8), 1)])
+def test_gating_softmax_matches_reference(shape, k, dtype):
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(5)).to(dtype)
+    if x.numel():
+        x.view(-1, shape[-1])[0, :3] = 1.5  # an exact tie: the lower expert id comes first
+    outs = _served("npu_moe_gating_top_k_softmax",
+                   lambda: NPU.npu_moe_gating_top_k_softmax(x, None, k=k))
+    for a, b in zip(outs, REF.npu_moe_gating_top_k_softmax(x, None, k=k), strict=True):
+        assert torch.equal(a, b)  # the same softmax and the same tie rule: bit-exact
+
+
+def _routing_args(tokens, k, experts, dtype, seed=6):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, 40, generator=g).to(dtype)
+    ids = [torch.randperm(experts, generator=g)[:k] for _ in range(tokens)]
+    return x, (torch.stack(ids) if ids else torch.empty(0, k)).to(torch.int32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.int8])
+@pytest.mark.parametrize("kw", [
+    dict(active_expert_range=[0, 16]),
+    dict(active_expert_range=[4, 11]),  # expert parallelism: a contiguous range of experts
+    dict(active_expert_range=[0, 16], active_num=13),  # rows past active_num dropped
+    dict(active_expert_range=[3, 9], row_idx_type=1),
+    dict(active_expert_range=[2, 16], expert_tokens_num_type=2),  # (id, count) pairs
+])
+@pytest.mark.parametrize("tokens", [0, 1, 23])
+def test_init_routing_matches_reference(kw, tokens, dtype):
+    if dtype == torch.int8:
+        x = torch.randint(-128, 128, (tokens, 40), dtype=torch.int8)
+        ids = _routing_args(tokens, 3, 16, torch.float32)[1]
+    else:
+        x, ids = _routing_args(tokens, 3, 16, dtype)
+    args = dict(dict(active_num=tokens * 3, expert_num=16, expert_tokens_num_type=1,
+                     expert_tokens_num_flag=True, quant_mode=-1), **kw)
+    outs = _served("npu_moe_init_routing_v2", lambda: NPU.npu_moe_init_routing_v2(x, ids, **args))
+    for a, b in zip(outs, REF.npu_moe_init_routing_v2(x, ids, **args), strict=True):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("counts", [
+    [1, 0, 3, 2],  # decode-sized groups (the streaming kernel), one empty
+    [0, 40, 17, 0],  # groups past 16 rows (fp32 GEMM per group)
+    [5, 20, 0, 9],
+])
+@pytest.mark.parametrize("n", [128, 72])  # 72: a right-edge panel narrower than the vector panel
+@pytest.mark.parametrize("list_type,bias", [(1, False), (0, True)])
+def test_grouped_matmul_matches_reference(counts, n, list_type, bias, dtype):
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(sum(counts), 96, generator=g).to(dtype)
+    w = (torch.randn(4, 96, n, generator=g) / 10).to(dtype)
+    gl = torch.tensor(counts).cumsum(0) if list_type == 0 else torch.tensor(counts)
+    kw = dict(group_list=gl, split_item=2, group_type=0, group_list_type=list_type)
+    if bias:
+        kw["bias"] = [torch.randn(4, n, generator=g).to(
+            torch.float16 if dtype == torch.float16 else torch.float32)]
+    y = _served("npu_grouped_matmul", lambda: NPU.npu_grouped_matmul([x], [w], **kw))[0]
+    _close(y, REF.npu_grouped_matmul([x], [w], **kw)[0], dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("tokens,k,hidden", [(7, 2, 40), (33, 8, 64), (0, 4, 16), (3, 1, 5)])
+@pytest.mark.parametrize("probs_dtype,index_dtype", [
+    (torch.float32, torch.int32), (torch.bfloat16, torch.int64), (None, torch.int32)])
+def test_token_unpermute_matches_reference(tokens, k, hidden, dtype, probs_dtype, index_dtype):
+    g = torch.Generator().manual_seed(8)
+    rows = torch.randn(tokens * k, hidden, generator=g).to(dtype)
+    idx = torch.randperm(tokens * k, generator=g).to(index_dtype)
+    probs = None if probs_dtype is None else torch.rand(tokens, k, generator=g).to(probs_dtype)
+    if probs is None and k > 1:
+        rows, idx = rows[:tokens], idx[idx < tokens]  # without probs topK is 1
+    y = _served("npu_moe_token_unpermute", lambda: NPU.npu_moe_token_unpermute(rows, idx, probs))
+    _close(y, REF.npu_moe_token_unpermute(rows, idx, probs), dtype)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: NPU.npu_moe_token_unpermute(torch.randn(4, 8), torch.tensor([0, 1, 1, 2])),
+     "duplicate"),
+    (lambda: NPU.npu_moe_token_unpermute(torch.randn(4, 8), torch.tensor([0, 1, 4, 2])),
+     "out of range"),
+    (lambda: NPU.npu_moe_init_routing_v2(
+        torch.randn(2, 8), torch.tensor([[0, 9], [1, 2]], dtype=torch.int32), expert_num=8,
+        expert_tokens_num_type=1, expert_tokens_num_flag=True), "expert ids"),
+    (lambda: NPU.npu_grouped_matmul(
+        [torch.randn(5, 8)], [torch.randn(2, 8, 16)], group_list=torch.tensor([2, 2]),
+        split_item=2, group_type=0, group_list_type=1), "cover"),
+    (lambda: NPU.npu_moe_gating_top_k_softmax(torch.randn(2, 4), None, k=5), "k <="),
+])
+def test_moe_illegal_calls_raise_the_references_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_moe_uncovered_calls_go_to_the_reference():
+    x = torch.randn(4, 8)
+    before = fast_cpu.counters()["npu_moe_gating_top_k_softmax"]
+    finished = torch.tensor([False, True, False, False])
+    y = NPU.npu_moe_gating_top_k_softmax(x, finished, k=2)  # finished rows: reference
+    for a, b in zip(y, REF.npu_moe_gating_top_k_softmax(x, finished, k=2), strict=True):
+        assert torch.equal(a, b)
+    assert fast_cpu.counters()["npu_moe_gating_top_k_softmax"] == (before[0], before[1] + 1)
+    w = torch.randn(2, 16, 8).transpose(1, 2)  # a transposed weight view: legal, reference
+    before = fast_cpu.counters()["npu_grouped_matmul"]
+    kw = dict(group_list=torch.tensor([1, 3]), split_item=2, group_type=0, group_list_type=1)
+    y = NPU.npu_grouped_matmul([x], [w], **kw)[0]
+    torch.testing.assert_close(y, REF.npu_grouped_matmul([x], [w], **kw)[0])
+    assert fast_cpu.counters()["npu_grouped_matmul"] == (before[0], before[1] + 1)
 
 
 def test_reference_selection_leaves_the_python_kernels_in_place():

@@ -2,7 +2,9 @@
 
 The references are written per row / per token with plain Python loops, independently of the
 vectorised kernels, and computed in float64. Shapes of the fake kernels are checked against the
-CPU outputs.
+CPU outputs. Tests marked ``both_impls`` run twice: through the fast C++ kernels of the ops
+that have one and through the Python references (conftest.py); the quantized forms have only the
+reference.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import vllm_ascend.kernels.npu_ops  # noqa: F401  (registers torch.ops.npu.*)
+
+both_impls = pytest.mark.usefixtures("cpu_kernel_impl")
 
 OPS = torch.ops.npu
 DTYPES = [torch.float32, torch.bfloat16]
@@ -63,6 +67,7 @@ def _ref_gating(x: torch.Tensor, k: int):
     )
 
 
+@both_impls
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     "shape,k", [((7, 8), 1), ((7, 8), 2), ((3, 5, 16), 4), ((513, 64), 8), ((4, 6), 6)]
@@ -81,6 +86,7 @@ def test_gating_top_k_softmax(dtype, shape, k):
     )
 
 
+@both_impls
 def test_gating_ties_pick_lower_expert_and_finished():
     x = torch.tensor([[1.0, 3.0, 3.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
     y, ids, _ = OPS.npu_moe_gating_top_k_softmax(x, None, k=3)
@@ -92,6 +98,7 @@ def test_gating_ties_pick_lower_expert_and_finished():
     assert torch.equal(y2, y)
 
 
+@both_impls
 def test_gating_rejects_bad_k():
     with pytest.raises(ValueError):
         OPS.npu_moe_gating_top_k_softmax(torch.randn(2, 4), None, k=5)
@@ -118,6 +125,7 @@ def _ref_init_routing(x, expert_idx, expert_num, start, end, active_num, scale):
     return expanded, src_to_dst, order, counts, exp_scale
 
 
+@both_impls
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     "n,k,e,active_range,active_num",
@@ -177,6 +185,7 @@ def test_init_routing_v2(dtype, n, k, e, active_range, active_num):
     assert (inv[len(ref_order) :] == -1).all()
 
 
+@both_impls
 def test_init_routing_v2_unsupported_modes():
     x, idx = torch.randn(4, 8), torch.zeros(4, 2, dtype=torch.int32)
     ok = dict(expert_tokens_num_type=1, expert_tokens_num_flag=True)
@@ -246,6 +255,7 @@ def _ref_gmm(x, w, counts, bias):
     return out
 
 
+@both_impls
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     "counts", [[5, 2], [3, 0, 4, 1], [0, 0, 7, 0], [40, 0, 130, 2, 0, 90, 1, 0]]
@@ -278,6 +288,7 @@ def test_grouped_matmul(dtype, counts, group_list_type, with_bias):
     assert _fake_shapes(OPS.npu_grouped_matmul, [x], [w], **kwargs) == _shapes([y])
 
 
+@both_impls
 def test_grouped_matmul_split_item_3_and_uncovered_rows():
     torch.manual_seed(3)
     x, w = torch.randn(10, 8), torch.randn(3, 8, 4)
@@ -304,6 +315,7 @@ def test_grouped_matmul_split_item_3_and_uncovered_rows():
         )
 
 
+@both_impls
 @pytest.mark.parametrize(
     "kwargs,exc,name",
     [
@@ -431,6 +443,7 @@ def test_grouped_matmul_w8a8_rejects(kwargs, match):
 # ---- combine: npu_moe_token_unpermute / npu_moe_finalize_routing ---------------------------
 
 
+@both_impls
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n,k,e", [(7, 1, 4), (7, 2, 8), (257, 8, 64)])
 def test_init_routing_then_unpermute_round_trip(dtype, n, k, e):
@@ -455,6 +468,7 @@ def test_init_routing_then_unpermute_round_trip(dtype, n, k, e):
     assert _fake_shapes(OPS.npu_moe_token_unpermute, processed, row_idx, probs) == _shapes(out)
 
 
+@both_impls
 def test_unpermute_doc_example_and_no_probs():
     permuted = torch.tensor([[1.0, 1], [2, 2], [3, 3], [4, 4], [1, 1], [2, 2], [3, 3], [4, 4]])
     sorted_indices = torch.tensor([0, 4, 5, 1, 2, 6, 7, 3], dtype=torch.int32)
