@@ -455,26 +455,26 @@ def test_sigterm_with_streams_in_flight(server):
 
 @pytest.fixture(scope="module")
 def spare_servers(model, server):
-    """Fresh servers for the parts that end one, started together (after the shared one has
-    stopped) to keep the suite short."""
+    """Fresh servers for the parts that end one (a second SIGTERM run, the SIGKILL), started
+    together after the shared one has stopped, to keep the suite short."""
     server.stop()
-    with ThreadPoolExecutor(3) as pool:
-        servers = list(pool.map(lambda _: Server(model, *SERVER_ARGS), range(3)))
+    with ThreadPoolExecutor(2) as pool:
+        servers = list(pool.map(lambda _: Server(model, *SERVER_ARGS), range(2)))
     yield servers
     for srv in servers:
         srv.stop()
 
 
 def test_sigterm_repeated(spare_servers):
-    part = row("SIGTERM (12 streams)")
-    for srv in spare_servers[:2]:
-        seconds, ends = _sigterm_run(srv)
-        _check_sigterm(srv, seconds, ends, part)
+    """The SIGTERM hang this guards against came in about half of the runs: a second run."""
+    srv = spare_servers[0]
+    seconds, ends = _sigterm_run(srv)
+    _check_sigterm(srv, seconds, ends, row("SIGTERM (12 streams)"))
 
 
 # ---- 6. SIGKILL of the engine core ---------------------------------------------------------
 def test_engine_core_sigkill_ends_the_server(spare_servers):
-    srv = spare_servers[2]
+    srv = spare_servers[1]
     part = row("engine SIGKILL")
     ends, readers = _streams_in_flight(srv, body(prompt_of(12, 9), 450, ignore_eos=True), 4)
     start = time.monotonic()
