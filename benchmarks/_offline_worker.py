@@ -5,8 +5,8 @@ It imports only the standard library and vLLM, so the same file runs under both 
 spec comes as a JSON file (argv[1]); results go to a JSON file (argv[2]).
 
 Spec keys:
-  model, dtype, enforce_eager, kv_cache_memory_bytes, max_model_len, max_num_seqs, block_size,
-  seed
+  model, dtype, enforce_eager, kv_cache_memory_bytes, max_model_len, max_num_seqs,
+  max_num_batched_tokens (optional), block_size, seed
   cudagraph_mode, capture_sizes   optional: graph mode (e.g. FULL_DECODE_ONLY) and its sizes
   expect_platform         class name current_platform must have (guards against a wrong venv)
   task = "decode_steps":  batch_sizes, prompt_len, short_len, long_len, repeats
@@ -77,6 +77,8 @@ def main(spec_path: str, out_path: str) -> None:
         kv_cache_memory_bytes=spec["kv_cache_memory_bytes"],
         max_model_len=spec["max_model_len"],
         max_num_seqs=spec["max_num_seqs"],
+        **({"max_num_batched_tokens": spec["max_num_batched_tokens"]}
+           if spec.get("max_num_batched_tokens") else {}),
         block_size=spec.get("block_size", 128),
         enable_prefix_caching=False,
         seed=spec.get("seed", 0),
