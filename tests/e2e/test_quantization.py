@@ -253,8 +253,8 @@ def test_kv_budget_grows_by_what_the_weights_save(checkpoints):
     """Without an explicit KV size the cache gets the budget less the memory in use at the
     profile run's peak, so int8 weights leave it more room: on a 30M-parameter model (float32
     weights 120 MB) the extra KV bytes equal the weight bytes saved less what the int8 path
-    needs more at its activations' peak (the CPU backend's int8 matmul works on a dequantized
-    copy of each weight), within the process-memory noise of the CPU backend."""
+    needs more at its activations' peak (the CPU backend's int8 matmul converts each weight to
+    float32 one 1024x1024 panel at a time), within the process-memory noise of the CPU backend."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")

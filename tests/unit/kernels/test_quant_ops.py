@@ -593,18 +593,36 @@ FIDELITY_SAMPLES = [
 ]
 
 
-@pytest.mark.parametrize("k", [1, 1024, 1025, 2500])
-def test_exact_int_matmul_is_exact_at_the_int8_extremes(k):
-    """The int8 matmul runs as float32 BLAS over inner slices of 1024: every slice sum, up to
-    1024 * 128 * 128 = 2**24 in magnitude, and their int32 sum must be the exact integer."""
+@pytest.mark.parametrize("k,n", [(0, 5), (1, 5), (1024, 5), (1025, 5), (2500, 5), (1100, 2049)])
+def test_exact_int_matmul_is_exact_at_the_int8_extremes(k, n):
+    """The int8 matmul runs as float32 BLAS over panels of 1024 inner terms by 1024 output
+    columns: every panel sum, up to 1024 * 128 * 128 = 2**24 in magnitude, and their int32 sum
+    must be the exact integer, in every panel (n = 2049: three column panels, the last of one
+    column)."""
     from vllm_ascend.kernels.npu_ops.quant import exact_int_matmul
 
     a = torch.full((3, k), -128, dtype=torch.int8)
-    b = torch.full((k, 5), -128, dtype=torch.int8)
-    b[:, 1] = 127
-    b[-1, 2] = 1  # one odd term on top of the largest sums
-    g = torch.Generator().manual_seed(0)
-    a[2] = torch.randint(-128, 128, (k,), generator=g, dtype=torch.int8)
+    b = torch.full((k, n), -128, dtype=torch.int8)
+    b[:, 1::2] = 127
+    if k:
+        b[-1, 2::3] = 1  # one odd term on top of the largest sums
+        g = torch.Generator().manual_seed(0)
+        a[2] = torch.randint(-128, 128, (k,), generator=g, dtype=torch.int8)
     got = exact_int_matmul(a, b)
     assert got.dtype == torch.int32
     assert torch.equal(got.long(), a.long() @ b.long())
+
+
+def test_exact_int_matmul_broadcasts_batch_dims_and_transposed_weights():
+    """Batched operands broadcast as torch.matmul does; a transposed [n, k] weight view (the
+    layout the linear layers pass) gives the same integers."""
+    from vllm_ascend.kernels.npu_ops.quant import exact_int_matmul
+
+    g = torch.Generator().manual_seed(1)
+    a = torch.randint(-128, 128, (2, 1, 4, 1300), generator=g, dtype=torch.int8)
+    w = torch.randint(-128, 128, (1030, 1300), generator=g, dtype=torch.int8)
+    got = exact_int_matmul(a, w.t())
+    assert got.shape == (2, 1, 4, 1030) and got.dtype == torch.int32
+    assert torch.equal(got.long(), a.long() @ w.t().long())
+    b = torch.randint(-128, 128, (3, 1300, 7), generator=g, dtype=torch.int8)
+    assert torch.equal(exact_int_matmul(a, b).long(), a.long() @ b.long())

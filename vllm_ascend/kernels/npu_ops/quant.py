@@ -569,26 +569,29 @@ def _qmm_fake(x1, x2, scale, *, offset=None, pertoken_scale=None, bias=None, out
 # int8 products are at most 128 * 128 = 2**14 in magnitude, so any partial sum of up to 1024 of
 # them is an integer of magnitude <= 2**24: exact in float32 whatever the summation order.
 _EXACT_F32_TERMS = 1024
+# Output columns per float32 weight panel: the float32 copy of the int8 weight exists one
+# [1024, 1024] panel at a time (4 MiB), not whole (4x the int8 weight at the activations' peak).
+_PANEL_COLS = 1024
 
 
 def exact_int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b of small integers (int8 / unpacked int4) as the exact int32 accumulator.
 
-    Two int8 operands go through float32 BLAS in slices of at most 1024 along the inner dim (each
-    slice's result is exact, see above), summed in int32: the same integers as an int32
-    accumulator, about 40x faster than ``torch._int_mm`` on the CPU (measured, 512x1024x2816).
-    Other integer dtypes in float64, exact the same way (every partial sum far below 2**53).
+    Two int8 operands go through float32 BLAS in panels of at most 1024 output columns by 1024
+    inner terms (each panel's result is exact, see above), summed in int32: the same integers as
+    an int32 accumulator, about 40x faster than ``torch._int_mm`` on the CPU (measured,
+    512x1024x2816). Other integer dtypes (and vectors) in float64, exact the same way (every
+    partial sum far below 2**53).
     """
-    if a.dtype == b.dtype == torch.int8:
-        af, bf = a.float(), b.float()
-        k = a.shape[-1]
-        acc = None
-        for i in range(0, max(k, 1), _EXACT_F32_TERMS):
-            part = torch.matmul(af[..., i:i + _EXACT_F32_TERMS],
-                                bf[..., i:i + _EXACT_F32_TERMS, :]).to(_I32)
-            acc = part if acc is None else acc.add_(part)
-        return acc
-    return torch.matmul(a.double(), b.double()).to(_I32)
+    if a.dtype != torch.int8 or b.dtype != torch.int8 or a.dim() < 2 or b.dim() < 2:
+        return torch.matmul(a.double(), b.double()).to(_I32)
+    acc = torch.zeros(torch.matmul(a.to("meta", _F32), b.to("meta", _F32)).shape, dtype=_I32)
+    for j in range(0, acc.shape[-1], _PANEL_COLS):
+        for i in range(0, a.shape[-1], _EXACT_F32_TERMS):
+            part = torch.matmul(a[..., i:i + _EXACT_F32_TERMS].float(),
+                                b[..., i:i + _EXACT_F32_TERMS, j:j + _PANEL_COLS].float())
+            acc[..., j:j + _PANEL_COLS] += part.to(_I32)
+    return acc
 
 
 def dequant_int32(acc: torch.Tensor, scale, offset, pertoken_scale, bias, out: torch.dtype):
@@ -603,14 +606,22 @@ def dequant_int32(acc: torch.Tensor, scale, offset, pertoken_scale, bias, out: t
         acc = acc + bias
     if out == _I32:
         return acc.to(_I32)
-    y = acc.float() * scale
+    # Built in place: one output-sized float32 temporary beside the accumulator, not four.
+    y = _in_place(acc.float(), torch.Tensor.mul_, torch.mul, scale)
     if pertoken_scale is not None:
-        y = y * pertoken_scale.float().unsqueeze(-1)
+        y = _in_place(y, torch.Tensor.mul_, torch.mul, pertoken_scale.float().unsqueeze(-1))
     if offset is not None:
-        y = y + offset
+        y = _in_place(y, torch.Tensor.add_, torch.add, offset)
     if bias is not None and bias.dtype != _I32:
-        y = y + bias.float()
+        y = _in_place(y, torch.Tensor.add_, torch.add, bias.float())
     return rint_saturate(y, out) if out == _I8 else y.to(out)
+
+
+def _in_place(y: torch.Tensor, inplace, outofplace, other: torch.Tensor) -> torch.Tensor:
+    """y op other, in place when broadcasting leaves y's shape unchanged."""
+    if torch.broadcast_shapes(y.shape, other.shape) == y.shape:
+        return inplace(y, other)
+    return outofplace(y, other)
 
 
 @npu_op(
