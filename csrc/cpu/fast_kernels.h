@@ -42,10 +42,8 @@ struct AttentionProblem {
                        double epsilon, at::Tensor& y, at::Tensor& rstd, at::Tensor* x_sum);   \
   void swiglu_kernel(const at::Tensor& x, at::Tensor& y);                                     \
   void scatter_rows_kernel(const at::Tensor& src, at::Tensor& cache, const at::Tensor& slots); \
-  /* cpu/fast_moe_kernels.cpp: y rows of group g (ends: cumulative) = x rows @ w[g] + bias[g] */ \
-  void grouped_matmul_kernel(const at::Tensor& x, const at::Tensor& w, const float* bias,   \
-                             const std::vector<int64_t>& ends, at::Tensor& y);              \
-  /* out[t] = sum_k probs[t, k] * rows[idx[t * topk + k]] (probs null: weight 1) */          \
+  /* cpu/fast_moe_kernels.cpp: out[t] = sum_k probs[t, k] * rows[idx[t * topk + k]] */       \
+  /* (probs null: weight 1) */                                                                \
   void moe_combine_kernel(const at::Tensor& rows, const at::Tensor& idx, const float* probs, \
                           int64_t topk, at::Tensor& out);
 

@@ -1,8 +1,7 @@
-// Fast CPU kernels of the MoE expert path (declared in cpu/fast_kernels.h): the grouped matmul
-// of the expert MLP (a C++ loop over ATen GEMMs) and the weighted combine of
-// npu_moe_token_unpermute. Compiled once per
-// CPU_CAPABILITY like cpu/fast_kernels.cpp; fp32 arithmetic whatever the storage type, rounded
-// to the output dtype once, as the Python references in kernels/npu_ops/moe.py do.
+// Vectorised CPU kernel of the MoE expert path (declared in cpu/fast_kernels.h): the weighted
+// combine of npu_moe_token_unpermute. Compiled once per CPU_CAPABILITY like
+// cpu/fast_kernels.cpp; fp32 arithmetic whatever the storage type, rounded to the output dtype
+// once, as the Python reference in kernels/npu_ops/moe.py does.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
@@ -19,27 +18,6 @@ namespace vllm_ascend::cpu::CPU_CAPABILITY {
 namespace {
 
 using namespace vec_io;  // NOLINT(build/namespaces): fVec, kF, kChunk, IO
-
-// Each group's rows times its expert's weight, converted to fp32 once per call (a bf16 GEMM
-// runs about ten times slower than an fp32 one on a host without AVX-512 BF16), through ATen's
-// GEMM; the fp32 result (+ bias) is rounded once into y. A streaming bf16 kernel for small
-// groups was tried and measured slower than this at 1 and 16 tokens (E=64, top-8, H=1024).
-void grouped_matmul_impl(const at::Tensor& x, const at::Tensor& w, const float* bias,
-                         const std::vector<int64_t>& ends, at::Tensor& y) {
-  const int64_t n_dim = y.size(1);
-  int64_t begin = 0;
-  for (int64_t g = 0; g < static_cast<int64_t>(ends.size()); ++g) {
-    const int64_t end = ends[g];
-    if (end > begin) {
-      at::Tensor acc = at::mm(x.slice(0, begin, end).to(at::kFloat), w[g].to(at::kFloat));
-      if (bias != nullptr) {
-        acc.add_(at::from_blob(const_cast<float*>(bias) + g * n_dim, {n_dim}, at::kFloat));
-      }
-      y.slice(0, begin, end).copy_(acc);
-    }
-    begin = end;
-  }
-}
 
 template <typename T, typename I>
 void combine_impl(const T* rows, const I* idx, const float* probs, T* out, int64_t tokens,
@@ -73,12 +51,6 @@ void combine_impl(const T* rows, const I* idx, const float* probs, T* out, int64
 }
 
 }  // namespace
-
-void grouped_matmul_kernel(const at::Tensor& x, const at::Tensor& w, const float* bias,
-                           const std::vector<int64_t>& ends, at::Tensor& y) {
-  if (y.numel() == 0) return;
-  grouped_matmul_impl(x, w, bias, ends, y);
-}
 
 void moe_combine_kernel(const at::Tensor& rows, const at::Tensor& idx, const float* probs,
                         int64_t topk, at::Tensor& out) {
