@@ -88,3 +88,15 @@ def graph_replays(llm, every_rank: bool = False):
 
 def total_replays(llm) -> int:
     return sum(sum(sizes.values()) for sizes in graph_replays(llm).values())
+
+
+def layer_methods(llm) -> dict[str, int]:
+    """How many of the model's layers use each quant method class (linear, LM head, MoE, ...)."""
+    from collections import Counter
+
+    def count(worker):
+        return dict(Counter(type(m.quant_method).__name__
+                            for m in worker.model_runner.get_model().modules()
+                            if getattr(m, "quant_method", None) is not None))
+
+    return llm.collective_rpc(count)[0]

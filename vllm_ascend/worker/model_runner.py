@@ -9,7 +9,8 @@ What differs, and nothing else:
   that capture with the device layer's graphs: whole decode graphs (worker/graph_wrapper.py)
   and piecewise graphs with eager attention between the pieces (worker/breakable_graph.py);
 - after loading, norms that feed a W8A8-dynamic layer are fused with its input quantization
-  (quantization/norm_fusion.py);
+  (quantization/norm_fusion.py), and on the CPU backend float32 linear layers run through
+  oneDNN (device/cpu_linear.py);
 - on the CPU backend the per-step host-to-device input copies are dropped: the device buffers
   are the host buffers (worker/host_buffers.py).
 """
@@ -26,6 +27,7 @@ from vllm.v1.worker.gpu_model_runner import GPUModelRunner
 from vllm.v1.worker.utils import bind_kv_cache
 
 from vllm_ascend import device
+from vllm_ascend.device import cpu_linear
 from vllm_ascend.quantization import norm_fusion
 from vllm_ascend.worker.breakable_graph import AscendBreakableGraphWrapper, check_attention_breaks
 from vllm_ascend.worker.graph_wrapper import AscendGraphWrapper
@@ -48,6 +50,7 @@ class NPUModelRunner(GPUModelRunner):
     def load_model(self, *args, **kwargs) -> None:
         super().load_model(*args, **kwargs)
         norm_fusion.enable(self.get_model())
+        cpu_linear.enable(self.get_model(), getattr(getattr(self, "drafter", None), "model", None))
         self._use_device_graphs()
 
     def _use_device_graphs(self) -> None:

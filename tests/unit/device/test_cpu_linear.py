@@ -1,0 +1,94 @@
+"""The CPU backend's oneDNN linear (device/cpu_linear.py): x @ W.T + b against a float64
+reference, and which layers ``enable`` switches (vLLM's own method classes on small modules: a
+vLLM linear layer needs an initialised tensor-parallel group; the engine tests check the real
+layers of every test model)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from vllm.model_executor.layers.linear import UnquantizedLinearMethod
+from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
+
+from vllm_ascend.device import cpu_linear
+
+
+def reference(x, w, b):
+    y = x.double() @ w.double().t()
+    return y if b is None else y + b.double()
+
+
+@pytest.mark.parametrize("shape", [(0, 64), (1, 64), (16, 64), (3, 5, 64), (300, 64)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_onednn_linear_matches_float64(shape, with_bias):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(shape, generator=g)
+    w = torch.randn(96, 64, generator=g)
+    b = torch.randn(96, generator=g) if with_bias else None
+    y = cpu_linear.onednn_linear(x, w, b)
+    assert y.shape == (*shape[:-1], 96) and y.dtype == torch.float32
+    torch.testing.assert_close(y.double(), reference(x, w, b), rtol=1e-5, atol=1e-4)
+
+
+def test_onednn_linear_takes_strided_inputs():
+    """A column slice of a wider activation (as after a split) is read through its strides."""
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(7, 128, generator=g)[:, ::2]
+    w = torch.randn(33, 64, generator=g)
+    assert not x.is_contiguous()
+    torch.testing.assert_close(cpu_linear.onednn_linear(x, w).double(), reference(x, w, None),
+                               rtol=1e-5, atol=1e-4)
+
+
+class _Layer(torch.nn.Module):
+    def __init__(self, method, rows, dtype, bias):
+        super().__init__()
+        self.quant_method = method
+        self.weight = torch.nn.Parameter(torch.randn(rows, 64).to(dtype), requires_grad=False)
+        self.bias = (torch.nn.Parameter(torch.randn(rows).to(dtype), requires_grad=False)
+                     if bias else None)
+
+
+def build(dtype):
+    model = torch.nn.Module()
+    model.proj = _Layer(UnquantizedLinearMethod(), 96, dtype, bias=True)
+    model.head = _Layer(UnquantizedEmbeddingMethod(), 50, dtype, bias=False)
+    return model
+
+
+def test_enable_switches_float32_layers_and_keeps_their_weights(monkeypatch):
+    monkeypatch.setenv("VLLM_ASCEND_DEVICE", "cpu")
+    monkeypatch.setenv("VLLM_ASCEND_CPU_KERNELS", "fast")
+    model = build(torch.float32)
+    assert type(model.proj.quant_method) is UnquantizedLinearMethod
+    weight = model.proj.weight
+    assert cpu_linear.enable(model, None) == 2
+    assert type(model.proj.quant_method) is cpu_linear.OneDnnLinearMethod
+    assert type(model.head.quant_method) is cpu_linear.OneDnnEmbeddingMethod
+    assert model.proj.weight is weight  # no packed copy: the parameter stays
+    x = torch.randn(4, 64)
+    y = model.proj.quant_method.apply(model.proj, x, model.proj.bias)
+    torch.testing.assert_close(y.double(), reference(x, weight, model.proj.bias),
+                               rtol=1e-5, atol=1e-4)
+    logits = model.head.quant_method.apply(model.head, x)
+    torch.testing.assert_close(logits.double(), reference(x, model.head.weight, None),
+                               rtol=1e-5, atol=1e-4)
+    assert cpu_linear.enable(model) == 0  # already switched
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_enable_leaves_half_precision_layers_on_f_linear(monkeypatch, dtype):
+    monkeypatch.setenv("VLLM_ASCEND_DEVICE", "cpu")
+    monkeypatch.setenv("VLLM_ASCEND_CPU_KERNELS", "fast")
+    model = build(dtype)
+    assert cpu_linear.enable(model) == 0
+    assert type(model.proj.quant_method) is UnquantizedLinearMethod
+
+
+def test_reference_kernels_keep_f_linear(monkeypatch):
+    """VLLM_ASCEND_CPU_KERNELS=reference (debugging) keeps vLLM's own F.linear path."""
+    monkeypatch.setenv("VLLM_ASCEND_DEVICE", "cpu")
+    monkeypatch.setenv("VLLM_ASCEND_CPU_KERNELS", "reference")
+    model = build(torch.float32)
+    assert cpu_linear.enable(model) == 0
+    assert type(model.proj.quant_method) is UnquantizedLinearMethod
