@@ -10,7 +10,7 @@ import json
 
 import pytest
 import torch
-from engine import counter, engine, greedy, random_prompts, total_replays
+from engine import counter, engine, greedy, layer_methods, random_prompts, total_replays
 from figures import report_figure
 from hf_reference import hf_greedy, hf_logprobs
 
@@ -40,6 +40,10 @@ def run_greedy(llm, prompts, max_tokens=MAX_TOKENS):
     return got
 
 
+def _torch_threads(worker) -> int:
+    return torch.get_num_threads()
+
+
 def vocab_of(path) -> int:
     return json.loads((path / "config.json").read_text())["vocab_size"]
 
@@ -66,7 +70,17 @@ def test_mixed_batch_matches_hf(checkpoints, reference, model, block_size, mode)
     with engine(path, **kwargs, **MODES[mode]) as llm:
         got = run_greedy(llm, prompts)
         resolved = llm.llm_engine.vllm_config.cache_config.block_size
+        methods = layer_methods(llm)
+        threads = llm.collective_rpc(_torch_threads)[0]
     assert resolved == (block_size or 128), "the platform default block size is 128"
+    # float32 on the CPU backend: every linear layer and the LM head ran through oneDNN.
+    assert methods.get("OneDnnLinearMethod", 0) > 0, methods
+    assert not {"UnquantizedLinearMethod", "UnquantizedEmbeddingMethod"} & set(methods), methods
+    # The worker computes with the host's CPUs less one for the front-end (vLLM's serving
+    # default would be one thread), unless OMP_NUM_THREADS says otherwise.
+    from vllm_ascend.device.cpu import CpuDevice
+
+    assert threads == (CpuDevice.compute_threads(1) or threads)
     assert got == reference(model, prompts)
 
 

@@ -199,6 +199,21 @@ class CpuDevice:
         pass
 
     @staticmethod
+    def compute_threads(ranks: int) -> int | None:
+        """Torch threads for one of ``ranks`` workers on this host, or None to keep vLLM's choice.
+
+        vLLM's GPU worker serves with one torch thread (the host only launches device work); on
+        the CPU backend the torch ops are the compute. As vLLM's CPU build does, one CPU per rank
+        is left to the front-end and scheduler and the rest are shared among the ranks: 1 thread
+        on a 2-CPU host, 15 on 16. An OMP_NUM_THREADS the user set is kept (vLLM honours it)."""
+        from vllm.utils.torch_utils import OMP_NUM_THREADS_SET_BY_VLLM, available_cpu_count
+
+        if "OMP_NUM_THREADS" in os.environ and os.environ.get(OMP_NUM_THREADS_SET_BY_VLLM) != "1":
+            return None
+        ranks = max(1, ranks)
+        return max(1, (available_cpu_count() - ranks) // ranks)
+
+    @staticmethod
     def synchronize(device=None) -> None:
         pass
 

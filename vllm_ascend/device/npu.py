@@ -37,6 +37,11 @@ class NpuDevice:
         return torch.npu.device_count()
 
     @staticmethod
+    def compute_threads(ranks: int) -> int | None:
+        """None: vLLM's one serving thread per worker stays (the NPU does the compute)."""
+        return None
+
+    @staticmethod
     def set_device(device: torch.device) -> None:
         torch.npu.set_device(device)
 

@@ -102,6 +102,12 @@ class NPUWorker(Worker):
     def load_model(self, *, load_dummy_weights: bool = False) -> None:
         super().load_model(load_dummy_weights=load_dummy_weights)
         self._check_model_fits()
+        # vLLM has just set the serving thread count (one); set before profiling and
+        # compilation, as vLLM does, so compiled graphs see the count requests will run with.
+        threads = device.current().compute_threads(self._ranks_sharing_device())
+        if threads is not None and threads != torch.get_num_threads():
+            logger.info("vllm-ascend CPU backend: %d torch threads per worker", threads)
+            torch.set_num_threads(threads)
 
     def _ranks_sharing_device(self) -> int:
         """On the CPU backend every rank on the host shares its one device; an NPU is a rank's

@@ -56,3 +56,26 @@ def test_host_streams_and_events_are_inert():
     assert e.query() and s.query()
     with CpuDevice.stream(s):
         pass
+
+
+@pytest.mark.parametrize("cpus, ranks, threads", [(2, 1, 1), (16, 1, 15), (16, 2, 7), (2, 2, 1),
+                                                   (1, 1, 1), (64, 4, 15)])
+def test_cpu_compute_threads_leave_a_cpu_per_rank(monkeypatch, cpus, ranks, threads):
+    """vLLM's serving thread count is one (right for a device); the CPU backend's workers do the
+    compute, so they share the host's CPUs less one per rank for the front-end and scheduler."""
+    import vllm.utils.torch_utils as tu
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(tu, "available_cpu_count", lambda: cpus)
+    assert CpuDevice.compute_threads(ranks) == threads
+
+
+def test_cpu_compute_threads_keep_the_users_omp_num_threads(monkeypatch):
+    from vllm.utils.torch_utils import OMP_NUM_THREADS_SET_BY_VLLM
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.delenv(OMP_NUM_THREADS_SET_BY_VLLM, raising=False)
+    assert CpuDevice.compute_threads(1) is None
+    # vLLM's own start-up value (marked as such) is not the user's choice.
+    monkeypatch.setenv(OMP_NUM_THREADS_SET_BY_VLLM, "1")
+    assert CpuDevice.compute_threads(1) is not None
