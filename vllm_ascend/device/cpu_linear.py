@@ -4,18 +4,24 @@ On an NPU, vLLM's ``UnquantizedLinearMethod`` (and the LM head's ``UnquantizedEm
 run ``F.linear``, an NPU matmul. On the CPU backend ``F.linear`` is MKL's sgemm on the transposed
 [N, K] weight, which at decode-sized batches is markedly slower than oneDNN's inner product on the
 same weight: SmolLM2-135M's layers (30 x qkv, o, gate_up, down, plus the 49152-row LM head),
-float32, 2 threads, GEMM milliseconds per step: 89 vs 58 at 16 tokens, 25 vs 22 at 1, 518 vs 496
-at 256; the whole engine (one thread, 16 prompts of 128 in / 128 out) 67 vs 62 output tokens/s.
-vLLM's own CPU build routes these layers through oneDNN too.
+float32, one thread, 1 to 16 rows: 220 vs 155 ms for six GEMM rounds; from 17 to 64 rows they
+are level, and from 100 rows MKL is faster. vLLM's own CPU build routes these layers through
+oneDNN too (on prepacked weights).
 
 So after loading, on the CPU backend with the fast CPU kernels selected
 (``VLLM_ASCEND_CPU_KERNELS``; 'reference' keeps ``F.linear``), every such layer whose weight is a
-contiguous 2-D float32 tensor gets a method whose ``apply`` calls
-``torch.ops.mkldnn._linear_pointwise`` on the weight as it is stored. No prepacked copy is made
-(one measured faster still, 43 ms at 16 tokens, but it would be a second copy of every weight):
-the weight stays the parameter vLLM loads, ties, frees for sleep mode and reloads, and the memory
-figures do not change. bfloat16 and float16 layers keep ``F.linear``: oneDNN's bf16 inner product
-needs AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT and was not measured.
+contiguous 2-D float32 tensor gets a method whose ``apply`` calls ``vllm_ascend::cpu_linear``: up
+to 16 rows oneDNN's ``torch.ops.mkldnn._linear_pointwise`` on the weight as it is stored, above
+that ``F.linear``. Rows are padded to a power of two (1, 2, 4, 8, 16) because oneDNN keeps a
+compiled primitive of ~0.6 MiB per (shape, rows) it has seen: unpadded, a server's resident
+memory grew by ~100 MiB in 30 s of mixed requests; padded, at most five per weight shape (24 MiB
+for SmolLM2, measured), made in the first steps. The op is opaque to torch.compile (its fake
+gives the shape), so compiled graphs do not specialise on the row count.
+
+No prepacked copy of a weight is made (one measured faster still, but it would be a second copy
+of every weight): the weight stays the parameter vLLM loads, ties, frees for sleep mode and
+reloads, and the memory figures do not change. bfloat16 and float16 layers keep ``F.linear``:
+oneDNN's bf16 inner product needs AVX-512 (BW, VL, DQ) or AVX-NE-CONVERT and was not measured.
 """
 
 from __future__ import annotations
@@ -29,10 +35,32 @@ from vllm_ascend.logger import init_logger
 logger = init_logger(__name__)
 
 
+# Rows up to which oneDNN serves (from 17 to 64 rows it ties with MKL, above it loses).
+ONEDNN_MAX_ROWS = 16
+
+
+@torch.library.custom_op("vllm_ascend::cpu_linear", mutates_args=())
 def onednn_linear(x: torch.Tensor, weight: torch.Tensor,
                   bias: torch.Tensor | None = None) -> torch.Tensor:
-    """x @ weight.T (+ bias), as F.linear, through oneDNN's float32 inner product."""
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    """x @ weight.T (+ bias), as F.linear: oneDNN's inner product on rows padded to a power of
+    two up to ONEDNN_MAX_ROWS rows, F.linear above."""
+    k, n = x.shape[-1], weight.shape[0]
+    rows = x.numel() // k if k else 0
+    if not 0 < rows <= ONEDNN_MAX_ROWS:
+        return torch.nn.functional.linear(x, weight, bias)
+    flat = x.reshape(rows, k)
+    bucket = 1 << (rows - 1).bit_length()
+    if bucket != rows:
+        padded = flat.new_zeros((bucket, k))
+        padded[:rows] = flat
+        flat = padded
+    y = torch.ops.mkldnn._linear_pointwise(flat, weight, bias, "none", [], "")
+    return y[:rows].reshape(*x.shape[:-1], n)
+
+
+@onednn_linear.register_fake
+def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
 class OneDnnLinearMethod(UnquantizedLinearMethod):

@@ -18,7 +18,10 @@ def reference(x, w, b):
     return y if b is None else y + b.double()
 
 
-@pytest.mark.parametrize("shape", [(0, 64), (1, 64), (16, 64), (3, 5, 64), (300, 64)])
+# 0 rows; 1, 3 (padded to 4), 16 and 3x5 (15, padded to 16) rows through oneDNN; 17 and 300
+# rows through F.linear.
+@pytest.mark.parametrize("shape", [(0, 64), (1, 64), (3, 64), (16, 64), (3, 5, 64), (17, 64),
+                                   (300, 64)])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_onednn_linear_matches_float64(shape, with_bias):
     g = torch.Generator().manual_seed(0)
@@ -38,6 +41,19 @@ def test_onednn_linear_takes_strided_inputs():
     assert not x.is_contiguous()
     torch.testing.assert_close(cpu_linear.onednn_linear(x, w).double(), reference(x, w, None),
                                rtol=1e-5, atol=1e-4)
+
+
+def test_onednn_linear_is_opaque_to_torch_compile():
+    """Compiled with dynamic row counts (as vLLM's piecewise graphs are), the op is one node whose
+    result does not depend on the row count the graph was traced with."""
+    g = torch.Generator().manual_seed(2)
+    w = torch.randn(40, 64, generator=g)
+    b = torch.randn(40, generator=g)
+    f = torch.compile(lambda x: cpu_linear.onednn_linear(x, w, b) * 2, backend="eager",
+                      fullgraph=True, dynamic=True)
+    for rows in (5, 9, 16, 33):
+        x = torch.randn(rows, 64, generator=g)
+        torch.testing.assert_close(f(x).double(), 2 * reference(x, w, b), rtol=1e-5, atol=1e-4)
 
 
 class _Layer(torch.nn.Module):
