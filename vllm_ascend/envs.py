@@ -79,9 +79,8 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         "csrc/cpu (each hands a call it does not cover to the reference, logged once), and on "
         "the CPU backend float32 linear layers through oneDNN. 'reference': the readable Python "
         "references and F.linear only (for debugging; several times slower). 'auto' (default): "
-        "fast on the "
-        "CPU backend; the references on an Ascend host, where CPU kernels are the golden "
-        "references of the self-check.",
+        "fast on the CPU backend; the references on an Ascend host, where CPU kernels are the "
+        "golden references of the self-check.",
     ),
     "VLLM_ASCEND_LOG_FALLBACKS": (
         _flag("VLLM_ASCEND_LOG_FALLBACKS", True),

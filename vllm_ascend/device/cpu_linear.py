@@ -3,10 +3,10 @@
 On an NPU, vLLM's ``UnquantizedLinearMethod`` (and the LM head's ``UnquantizedEmbeddingMethod``)
 run ``F.linear``, an NPU matmul. On the CPU backend ``F.linear`` is MKL's sgemm on the transposed
 [N, K] weight, which at decode-sized batches is markedly slower than oneDNN's inner product on the
-same weight: SmolLM2-135M's layers (30 x qkv, o, gate_up, down, plus the 49152-row LM head),
-float32, one thread, 1 to 16 rows: 220 vs 155 ms for six GEMM rounds; from 17 to 64 rows they
-are level, and from 100 rows MKL is faster. vLLM's own CPU build routes these layers through
-oneDNN too (on prepacked weights).
+same weight. SmolLM2-135M's five weight shapes (qkv, o, gate_up, down, the 49152-row LM head),
+float32, one thread, each at 1, 3, 5, 9, 13 and 16 rows: 220 ms through MKL, 155 through oneDNN;
+from 17 to 64 rows they are level, and from 100 rows MKL is faster. vLLM's own CPU build routes
+these layers through oneDNN too (on prepacked weights).
 
 So after loading, on the CPU backend with the fast CPU kernels selected
 (``VLLM_ASCEND_CPU_KERNELS``; 'reference' keeps ``F.linear``), every such layer whose weight is a
