@@ -73,9 +73,8 @@ def test_mixed_batch_matches_hf(checkpoints, reference, model, block_size, mode)
         methods = layer_methods(llm)
         threads = llm.collective_rpc(_torch_threads)[0]
     assert resolved == (block_size or 128), "the platform default block size is 128"
-    # float32 on the CPU backend: every linear layer and the LM head ran through oneDNN.
-    assert methods.get("OneDnnLinearMethod", 0) > 0, methods
-    assert not {"UnquantizedLinearMethod", "UnquantizedEmbeddingMethod"} & set(methods), methods
+    # These heads are far below the oneDNN threshold (2**23 elements): vLLM's methods stay.
+    assert "OneDnnEmbeddingMethod" not in methods and "UnquantizedLinearMethod" in methods, methods
     # The worker computes with the host's CPUs less one for the front-end (vLLM's serving
     # default would be one thread), unless OMP_NUM_THREADS says otherwise.
     from vllm_ascend.device.cpu import CpuDevice

@@ -1,7 +1,7 @@
-"""The CPU backend's oneDNN linear (device/cpu_linear.py): x @ W.T + b against a float64
+"""The CPU backend's oneDNN LM head (device/cpu_linear.py): x @ W.T + b against a float64
 reference, and which layers ``enable`` switches (vLLM's own method classes on small modules: a
-vLLM linear layer needs an initialised tensor-parallel group; the engine tests check the real
-layers of every test model)."""
+vLLM layer needs an initialised tensor-parallel group; the engine tests check the real layers of
+the test models and of SmolLM2)."""
 
 from __future__ import annotations
 
@@ -57,48 +57,51 @@ def test_onednn_linear_is_opaque_to_torch_compile():
 
 
 class _Layer(torch.nn.Module):
-    def __init__(self, method, rows, dtype, bias):
+    def __init__(self, method, rows, cols, dtype):
         super().__init__()
         self.quant_method = method
-        self.weight = torch.nn.Parameter(torch.randn(rows, 64).to(dtype), requires_grad=False)
-        self.bias = (torch.nn.Parameter(torch.randn(rows).to(dtype), requires_grad=False)
-                     if bias else None)
+        self.weight = torch.nn.Parameter(torch.randn(rows, cols).to(dtype), requires_grad=False)
 
 
-def build(dtype):
+def build(dtype, head_rows=8192):
+    """A linear layer and a vocabulary embedding of head_rows x 1024 (8192 rows: exactly the
+    2**23-element threshold)."""
     model = torch.nn.Module()
-    model.proj = _Layer(UnquantizedLinearMethod(), 96, dtype, bias=True)
-    model.head = _Layer(UnquantizedEmbeddingMethod(), 50, dtype, bias=False)
+    model.proj = _Layer(UnquantizedLinearMethod(), 96, 1024, dtype)
+    model.head = _Layer(UnquantizedEmbeddingMethod(), head_rows, 1024, dtype)
     return model
 
 
-def test_enable_switches_float32_layers_and_keeps_their_weights(monkeypatch):
+@pytest.fixture
+def fast_cpu_backend(monkeypatch):
     monkeypatch.setenv("VLLM_ASCEND_DEVICE", "cpu")
     monkeypatch.setenv("VLLM_ASCEND_CPU_KERNELS", "fast")
+
+
+def test_enable_switches_a_large_float32_head_and_keeps_its_weight(fast_cpu_backend):
     model = build(torch.float32)
-    assert type(model.proj.quant_method) is UnquantizedLinearMethod
-    weight = model.proj.weight
-    assert cpu_linear.enable(model, None) == 2
-    assert type(model.proj.quant_method) is cpu_linear.OneDnnLinearMethod
+    weight = model.head.weight
+    assert cpu_linear.enable(model, None) == 1
     assert type(model.head.quant_method) is cpu_linear.OneDnnEmbeddingMethod
-    assert model.proj.weight is weight  # no packed copy: the parameter stays
-    x = torch.randn(4, 64)
-    y = model.proj.quant_method.apply(model.proj, x, model.proj.bias)
-    torch.testing.assert_close(y.double(), reference(x, weight, model.proj.bias),
-                               rtol=1e-5, atol=1e-4)
+    assert type(model.proj.quant_method) is UnquantizedLinearMethod  # linear layers stay
+    assert model.head.weight is weight  # no packed copy: the parameter stays
+    x = torch.randn(5, 1024)
     logits = model.head.quant_method.apply(model.head, x)
-    torch.testing.assert_close(logits.double(), reference(x, model.head.weight, None),
-                               rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(logits.double(), reference(x, weight, None), rtol=1e-5, atol=1e-3)
     assert cpu_linear.enable(model) == 0  # already switched
 
 
+def test_enable_leaves_a_head_below_the_threshold(fast_cpu_backend):
+    model = build(torch.float32, head_rows=8191)
+    assert cpu_linear.enable(model) == 0
+    assert type(model.head.quant_method) is UnquantizedEmbeddingMethod
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_enable_leaves_half_precision_layers_on_f_linear(monkeypatch, dtype):
-    monkeypatch.setenv("VLLM_ASCEND_DEVICE", "cpu")
-    monkeypatch.setenv("VLLM_ASCEND_CPU_KERNELS", "fast")
+def test_enable_leaves_half_precision_heads_on_f_linear(fast_cpu_backend, dtype):
     model = build(dtype)
     assert cpu_linear.enable(model) == 0
-    assert type(model.proj.quant_method) is UnquantizedLinearMethod
+    assert type(model.head.quant_method) is UnquantizedEmbeddingMethod
 
 
 def test_reference_kernels_keep_f_linear(monkeypatch):
@@ -107,4 +110,4 @@ def test_reference_kernels_keep_f_linear(monkeypatch):
     monkeypatch.setenv("VLLM_ASCEND_CPU_KERNELS", "reference")
     model = build(torch.float32)
     assert cpu_linear.enable(model) == 0
-    assert type(model.proj.quant_method) is UnquantizedLinearMethod
+    assert type(model.head.quant_method) is UnquantizedEmbeddingMethod
