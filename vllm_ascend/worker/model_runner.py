@@ -9,7 +9,7 @@ What differs, and nothing else:
   that capture with the device layer's graphs: whole decode graphs (worker/graph_wrapper.py)
   and piecewise graphs with eager attention between the pieces (worker/breakable_graph.py);
 - after loading, norms that feed a W8A8-dynamic layer are fused with its input quantization
-  (quantization/norm_fusion.py), and on the CPU backend float32 linear layers run through
+  (quantization/norm_fusion.py), and on the CPU backend a large float32 LM head runs through
   oneDNN (device/cpu_linear.py);
 - on the CPU backend the per-step host-to-device input copies are dropped: the device buffers
   are the host buffers (worker/host_buffers.py).
