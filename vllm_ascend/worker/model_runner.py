@@ -50,15 +50,18 @@ class NPUModelRunner(GPUModelRunner):
     def load_model(self, *args, **kwargs) -> None:
         super().load_model(*args, **kwargs)
         norm_fusion.enable(self.get_model())
-        cpu_linear.enable(self.get_model(), getattr(getattr(self, "drafter", None), "model", None))
+        cpu_linear.enable(self.get_model(), self._drafter_model())
         self._use_device_graphs()
+
+    def _drafter_model(self) -> torch.nn.Module | None:
+        """A speculative drafter's (EAGLE, MTP, draft model) own model, once loaded."""
+        return getattr(getattr(self, "drafter", None), "model", None)
 
     def _use_device_graphs(self) -> None:
         self.model = device_graph_wrappers(self.model, self.vllm_config)
-        # A speculative drafter (EAGLE, MTP, draft model) wraps its own model the same way.
-        drafter = getattr(self, "drafter", None)
-        if getattr(drafter, "model", None) is not None:
-            drafter.model = device_graph_wrappers(drafter.model, self.vllm_config)
+        # The drafter wraps its own model the same way.
+        if self._drafter_model() is not None:
+            self.drafter.model = device_graph_wrappers(self.drafter.model, self.vllm_config)
 
     def initialize_kv_cache_tensors(
         self,
