@@ -1,7 +1,7 @@
-"""The CPU backend's oneDNN LM head (device/cpu_linear.py): x @ W.T + b against a float64
-reference, and which layers ``enable`` switches (vLLM's own method classes on small modules: a
-vLLM layer needs an initialised tensor-parallel group; the engine tests check the real layers of
-the test models and of SmolLM2)."""
+"""The CPU backend's GEMMs (device/cpu_linear.py): the oneDNN LM head and the half-precision
+float32 panels, x @ W.T + b against a float64 reference, and which layers ``enable`` switches
+(vLLM's own method classes on small modules: a vLLM layer needs an initialised tensor-parallel
+group; the engine tests check the real layers of the test models and of SmolLM2)."""
 
 from __future__ import annotations
 
@@ -98,10 +98,55 @@ def test_enable_leaves_a_head_below_the_threshold(fast_cpu_backend):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_enable_leaves_half_precision_heads_on_f_linear(fast_cpu_backend, dtype):
-    model = build(dtype)
-    assert cpu_linear.enable(model) == 0
-    assert type(model.head.quant_method) is UnquantizedEmbeddingMethod
+def test_enable_puts_half_precision_layers_and_heads_on_panels(fast_cpu_backend, dtype):
+    model = build(dtype, head_rows=100)  # any size: the panels serve small heads too
+    weights = (model.proj.weight, model.head.weight)
+    assert cpu_linear.enable(model) == 2
+    assert type(model.proj.quant_method) is cpu_linear.HalfPanelLinearMethod
+    assert type(model.head.quant_method) is cpu_linear.HalfPanelEmbeddingMethod
+    assert (model.proj.weight, model.head.weight) == weights  # the parameters stay
+    x = torch.randn(9, 1024).to(dtype)
+    for layer in (model.proj, model.head):
+        y = layer.quant_method.apply(layer, x)
+        assert y.dtype == dtype
+        torch.testing.assert_close(y.double(), reference(x, layer.weight, None),
+                                   rtol=HALF_RTOL[dtype], atol=1e-2)
+
+
+# Relative rounding of one final rounding to the type (half an ulp), doubled for the float32
+# accumulation's own error.
+HALF_RTOL = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -10}
+
+
+# 7 rows and 0 rows: F.linear; 8, 3x5 and 300 rows: the panels, 10 output columns each (the last
+# panel 6 wide).
+@pytest.mark.parametrize("shape", [(0, 64), (7, 64), (8, 64), (3, 5, 64), (300, 64)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_half_panels_match_float64(shape, dtype, with_bias, monkeypatch):
+    monkeypatch.setattr(cpu_linear, "PANEL_ELEMENTS", 64 * 10)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(shape, generator=g).to(dtype)
+    w = torch.randn(96, 64, generator=g).to(dtype)
+    b = torch.randn(96, generator=g).to(dtype) if with_bias else None
+    y = cpu_linear.onednn_linear(x, w, b)
+    assert y.shape == (*shape[:-1], 96) and y.dtype == dtype
+    torch.testing.assert_close(y.double(), reference(x, w, b), rtol=HALF_RTOL[dtype], atol=1e-2)
+
+
+def test_half_panels_take_strided_inputs_and_compile():
+    g = torch.Generator().manual_seed(4)
+    w = torch.randn(40, 64, generator=g).to(torch.bfloat16)
+    x = torch.randn(12, 128, generator=g).to(torch.bfloat16)[:, ::2]
+    assert not x.is_contiguous()
+    torch.testing.assert_close(cpu_linear.onednn_linear(x, w).double(), reference(x, w, None),
+                               rtol=2.0 ** -8, atol=1e-2)
+    f = torch.compile(lambda x: cpu_linear.onednn_linear(x, w), backend="eager",
+                      fullgraph=True, dynamic=True)
+    for rows in (5, 9, 33):
+        x = torch.randn(rows, 64, generator=g).to(torch.bfloat16)
+        torch.testing.assert_close(f(x).double(), reference(x, w, None), rtol=2.0 ** -8,
+                                   atol=1e-2)
 
 
 def test_reference_kernels_keep_f_linear(monkeypatch):
