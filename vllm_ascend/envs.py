@@ -77,7 +77,8 @@ _VARIABLES: dict[str, tuple[Callable[[], Any], str]] = {
         "Which CPU kernels serve the hot torch_npu ops (fused attention, KV scatter, RMSNorm, "
         "add+RMSNorm, SwiGLU, the MoE routing chain) on CPU tensors. 'fast': the C++ kernels of "
         "csrc/cpu (each hands a call it does not cover to the reference, logged once), and on "
-        "the CPU backend large float32 LM heads through oneDNN. 'reference': the readable Python "
+        "the CPU backend large float32 LM heads through oneDNN and half-precision linear layers "
+        "in float32 panels. 'reference': the readable Python "
         "references and F.linear only (for debugging; several times slower). 'auto' (default): "
         "fast on the CPU backend; the references on an Ascend host, where CPU kernels are the "
         "golden references of the self-check.",

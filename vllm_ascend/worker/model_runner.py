@@ -10,7 +10,7 @@ What differs, and nothing else:
   and piecewise graphs with eager attention between the pieces (worker/breakable_graph.py);
 - after loading, norms that feed a W8A8-dynamic layer are fused with its input quantization
   (quantization/norm_fusion.py), and on the CPU backend a large float32 LM head runs through
-  oneDNN (device/cpu_linear.py);
+  oneDNN and half-precision linear layers in float32 panels (device/cpu_linear.py);
 - on the CPU backend the per-step host-to-device input copies are dropped: the device buffers
   are the host buffers (worker/host_buffers.py).
 """
