@@ -1,4 +1,5 @@
-"""CPU backend: a large float32 LM head through oneDNN's inner product at decode batch sizes.
+"""CPU backend GEMMs: a large float32 LM head through oneDNN's inner product at decode batch
+sizes; bfloat16/float16 linear layers and heads in float32 panels (described last).
 
 On an NPU, the LM head's ``UnquantizedEmbeddingMethod.apply`` runs ``F.linear``, an NPU matmul.
 On the CPU backend ``F.linear`` is MKL's sgemm on the transposed [vocab, hidden] weight, which for
