@@ -116,8 +116,8 @@ def _(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -
     return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
 
-def onednn_linear(x: torch.Tensor, weight: torch.Tensor,
-                  bias: torch.Tensor | None = None) -> torch.Tensor:
+def cpu_gemm(x: torch.Tensor, weight: torch.Tensor,
+             bias: torch.Tensor | None = None) -> torch.Tensor:
     """x @ weight.T (+ bias), as F.linear. float32: oneDNN's inner product on rows padded to a
     power of two up to ONEDNN_MAX_ROWS rows, F.linear above. bfloat16/float16: float32 panels
     from PANEL_MIN_ROWS rows, F.linear below."""
@@ -126,26 +126,25 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor,
     return _linear(x, weight, bias)
 
 
-class OneDnnEmbeddingMethod(UnquantizedEmbeddingMethod):
-    """vLLM's unquantized embedding method (lookup and weight tying unchanged) with the LM head's
-    GEMM through oneDNN."""
+class _CpuGemm:
+    """``apply`` of the methods below: vLLM's unquantized method with its GEMM through
+    ``cpu_gemm`` (weights, loading, tying and sleep mode unchanged)."""
 
     def apply(self, layer: torch.nn.Module, x: torch.Tensor,
               bias: torch.Tensor | None = None) -> torch.Tensor:
-        return onednn_linear(x, layer.weight, bias)
+        return cpu_gemm(x, layer.weight, bias)
 
 
-class HalfPanelEmbeddingMethod(OneDnnEmbeddingMethod):
-    """A half-precision LM head's GEMM in float32 panels (``onednn_linear`` picks by dtype)."""
+class OneDnnEmbeddingMethod(_CpuGemm, UnquantizedEmbeddingMethod):
+    """A large float32 LM head's GEMM through oneDNN (lookup unchanged)."""
 
 
-class HalfPanelLinearMethod(UnquantizedLinearMethod):
-    """vLLM's unquantized linear method (weights, loading, sleep mode unchanged) with a
-    half-precision GEMM in float32 panels."""
+class HalfPanelEmbeddingMethod(_CpuGemm, UnquantizedEmbeddingMethod):
+    """A half-precision LM head's GEMM in float32 panels (lookup unchanged)."""
 
-    def apply(self, layer: torch.nn.Module, x: torch.Tensor,
-              bias: torch.Tensor | None = None) -> torch.Tensor:
-        return onednn_linear(x, layer.weight, bias)
+
+class HalfPanelLinearMethod(_CpuGemm, UnquantizedLinearMethod):
+    """A half-precision linear layer's GEMM in float32 panels."""
 
 
 def wanted() -> bool:

@@ -28,7 +28,7 @@ def test_onednn_linear_matches_float64(shape, with_bias):
     x = torch.randn(shape, generator=g)
     w = torch.randn(96, 64, generator=g)
     b = torch.randn(96, generator=g) if with_bias else None
-    y = cpu_linear.onednn_linear(x, w, b)
+    y = cpu_linear.cpu_gemm(x, w, b)
     assert y.shape == (*shape[:-1], 96) and y.dtype == torch.float32
     torch.testing.assert_close(y.double(), reference(x, w, b), rtol=1e-5, atol=1e-4)
 
@@ -39,7 +39,7 @@ def test_onednn_linear_takes_strided_inputs():
     x = torch.randn(7, 128, generator=g)[:, ::2]
     w = torch.randn(33, 64, generator=g)
     assert not x.is_contiguous()
-    torch.testing.assert_close(cpu_linear.onednn_linear(x, w).double(), reference(x, w, None),
+    torch.testing.assert_close(cpu_linear.cpu_gemm(x, w).double(), reference(x, w, None),
                                rtol=1e-5, atol=1e-4)
 
 
@@ -49,7 +49,7 @@ def test_onednn_linear_is_opaque_to_torch_compile():
     g = torch.Generator().manual_seed(2)
     w = torch.randn(40, 64, generator=g)
     b = torch.randn(40, generator=g)
-    f = torch.compile(lambda x: cpu_linear.onednn_linear(x, w, b) * 2, backend="eager",
+    f = torch.compile(lambda x: cpu_linear.cpu_gemm(x, w, b) * 2, backend="eager",
                       fullgraph=True, dynamic=True)
     for rows in (5, 9, 16, 33):
         x = torch.randn(rows, 64, generator=g)
@@ -129,7 +129,7 @@ def test_half_panels_match_float64(shape, dtype, with_bias, monkeypatch):
     x = torch.randn(shape, generator=g).to(dtype)
     w = torch.randn(96, 64, generator=g).to(dtype)
     b = torch.randn(96, generator=g).to(dtype) if with_bias else None
-    y = cpu_linear.onednn_linear(x, w, b)
+    y = cpu_linear.cpu_gemm(x, w, b)
     assert y.shape == (*shape[:-1], 96) and y.dtype == dtype
     torch.testing.assert_close(y.double(), reference(x, w, b), rtol=HALF_RTOL[dtype], atol=1e-2)
 
@@ -139,9 +139,9 @@ def test_half_panels_take_strided_inputs_and_compile():
     w = torch.randn(40, 64, generator=g).to(torch.bfloat16)
     x = torch.randn(12, 128, generator=g).to(torch.bfloat16)[:, ::2]
     assert not x.is_contiguous()
-    torch.testing.assert_close(cpu_linear.onednn_linear(x, w).double(), reference(x, w, None),
+    torch.testing.assert_close(cpu_linear.cpu_gemm(x, w).double(), reference(x, w, None),
                                rtol=2.0 ** -8, atol=1e-2)
-    f = torch.compile(lambda x: cpu_linear.onednn_linear(x, w), backend="eager",
+    f = torch.compile(lambda x: cpu_linear.cpu_gemm(x, w), backend="eager",
                       fullgraph=True, dynamic=True)
     for rows in (5, 9, 33):
         x = torch.randn(rows, 64, generator=g).to(torch.bfloat16)
