@@ -21,8 +21,10 @@ def register_ops() -> None:
 
     if active_backend() is None:
         return
-    from vllm_ascend import kernels, ops, patches, quantization
+    from vllm_ascend import kernels, ops, patches, process_heap, quantization
     from vllm_ascend.attention import register_backend
+
+    process_heap.skip_exit_collection()
 
     patches.apply()
     kernels.load()

@@ -3,7 +3,6 @@ the plugin's (everything else, including distributed set-up and warm-up, is vLLM
 
 from __future__ import annotations
 
-import gc
 import time
 from contextlib import AbstractContextManager, nullcontext
 
@@ -20,25 +19,12 @@ from vllm.v1.worker.worker_base import CompilationTimes
 
 from vllm_ascend import device
 from vllm_ascend.logger import init_logger
+from vllm_ascend.process_heap import freeze_start_heap
 from vllm_ascend.worker import sleep_mode
 from vllm_ascend.worker.device_index import dp_shifted_local_rank
 from vllm_ascend.worker.model_runner import NPUModelRunner
 
 logger = init_logger(__name__)
-
-
-def _freeze_start_heap() -> None:
-    """Take the objects the worker starts with out of vLLM's garbage collections.
-
-    While a worker loads, profiles and captures, vLLM runs about ten full collections (before
-    each device-memory figure, around graph capture), each a pass over every object that
-    importing torch and vLLM left behind: ~0.75M, ~0.5 s a pass on a small host. Those objects
-    live as long as the process. Frozen, the passes skip them; what the worker allocates from
-    here on is collected as before. vLLM freezes the whole heap itself once start-up ends
-    (``freeze_gc_heap``) and unfreezes it before graph capture and at shutdown, so this moves
-    its freeze earlier; garbage already there is collected first, not frozen."""
-    gc.collect()
-    gc.freeze()
 
 
 class NPUWorker(Worker):
@@ -67,7 +53,7 @@ class NPUWorker(Worker):
             current_platform.dist_backend,
         )
         set_random_seed(self.model_config.seed)
-        _freeze_start_heap()
+        freeze_start_heap()
         # What the worker takes from here on (runner buffers, weights, activations, KV cache) is
         # its device memory; on the CPU backend the process's memory so far is not.
         dev.begin_memory_accounting()
