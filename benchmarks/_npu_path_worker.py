@@ -726,6 +726,13 @@ def main(spec_path: str, out_path: str) -> None:
     platform = type(current_platform).__name__
     if spec.get("expect_platform") and platform != spec["expect_platform"]:
         raise SystemExit(f"wrong platform {platform}, expected {spec['expect_platform']}")
+    try:  # The plugin's CPU-backend GEMMs (device/cpu_linear.py: oneDNN heads, float32 panels)
+        # never run on an NPU, where a linear layer is one matmul launch: F.linear is kept here.
+        from vllm_ascend.device import cpu_linear
+
+        cpu_linear.wanted = lambda: False
+    except ImportError:
+        pass
     t0 = time.perf_counter()
     llm = LLM(model=spec["model"], dtype=spec["dtype"], enforce_eager=True,
               kv_cache_memory_bytes=spec["kv_cache_memory_bytes"],

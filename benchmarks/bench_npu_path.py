@@ -65,9 +65,12 @@ steps:
    whole engine step around it; the scheduler, input preparation, sampler and output handling
    run for real (small kernels at this size, but real). The "(real)" columns, every kernel run,
    are for reference only: on a loaded 2-core host they mostly measure CPU contention (the
-   peer's CPU worker binds OpenMP threads to cores). ratio = peer ms / plugin ms: >= 1.0 means
-   the plugin's host path is leaner; it is given on medians and on minima (the least disturbed
-   step) of 20 steps timed one by one, as other work on a shared machine inflates the tails.
+   peer's CPU worker binds OpenMP threads to cores). The plugin runs its linear layers as an NPU
+   would, one F.linear each: the CPU backend's own GEMM methods (device/cpu_linear.py, several
+   ops per layer in bfloat16) never run on an NPU, so its real bf16 forward at batch 16 is slower
+   here than in the offline benchmark. ratio = peer ms / plugin ms: >= 1.0 means the plugin's
+   host path is leaner; it is given on medians and on minima (the least disturbed step) of 20
+   steps timed one by one, as other work on a shared machine inflates the tails.
 
     .venv/bin/python benchmarks/bench_npu_path.py [--batch-sizes 1,16]
 """
