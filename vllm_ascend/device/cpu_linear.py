@@ -76,7 +76,7 @@ def _panel_linear(flat: torch.Tensor, weight: torch.Tensor,
     n = weight.shape[0]
     out = flat.new_empty((rows, n))
     x32 = flat.float()
-    step = max(1, PANEL_ELEMENTS // max(k, 1))
+    step = max(1, PANEL_ELEMENTS // k)  # k >= 1: with k = 0, _linear counts 0 rows
     for start in range(0, n, step):
         stop = min(start + step, n)
         part = torch.mm(x32, weight[start:stop].float().t())

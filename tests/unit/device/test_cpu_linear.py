@@ -140,13 +140,13 @@ def test_half_panels_take_strided_inputs_and_compile():
     x = torch.randn(12, 128, generator=g).to(torch.bfloat16)[:, ::2]
     assert not x.is_contiguous()
     torch.testing.assert_close(cpu_linear.cpu_gemm(x, w).double(), reference(x, w, None),
-                               rtol=2.0 ** -8, atol=1e-2)
+                               rtol=HALF_RTOL[torch.bfloat16], atol=1e-2)
     f = torch.compile(lambda x: cpu_linear.cpu_gemm(x, w), backend="eager",
                       fullgraph=True, dynamic=True)
     for rows in (5, 9, 33):
         x = torch.randn(rows, 64, generator=g).to(torch.bfloat16)
-        torch.testing.assert_close(f(x).double(), reference(x, w, None), rtol=2.0 ** -8,
-                                   atol=1e-2)
+        torch.testing.assert_close(f(x).double(), reference(x, w, None),
+                                   rtol=HALF_RTOL[torch.bfloat16], atol=1e-2)
 
 
 def test_reference_kernels_keep_f_linear(monkeypatch):
